@@ -1,0 +1,132 @@
+// Everything the native addon (native/) exports, in one place. The addon's C++ N-API layer
+// must match this file; worker/native/addon.ts loads the binary and wraps each export once
+// so that native errors become the typed classes of worker/native/errors.ts.
+// Conventions: opaque handles are branded; optional values are `T | null`, never `?:`;
+// anything that waits on compute or a device returns a Promise.
+
+declare const hostBufferBrand: unique symbol;
+declare const stageBrand: unique symbol;
+
+/** Host memory owned by the addon (pinned where the CUDA backend can pin it). */
+export type HostBufferHandle = { readonly [hostBufferBrand]: 'HostBuffer' };
+/** A model stage (layer range) materialised on one device of one backend. */
+export type StageHandle = { readonly [stageBrand]: 'Stage' };
+
+export type BackendName = 'cpu' | 'cuda';
+export type DType = 'f32' | 'f16' | 'bf16';
+
+export interface DeviceInfo {
+  index: number;
+  kind: BackendName;
+  name: string;
+  totalBytes: number;
+  freeBytes: number;
+}
+
+export interface BuildInfo {
+  /** Backends compiled into this binary; "cpu" always. */
+  backends: BackendName[];
+  /** Backends that can execute stages now (a compiled backend may only list devices yet). */
+  stageBackends: BackendName[];
+  /** Why CUDA was not compiled in, as the build decided; null when it was. */
+  cudaSkippedReason: string | null;
+  version: string;
+}
+
+export interface HostBufferInfo {
+  bytes: number;
+  /** false where pinning failed or the backend does not pin: pageable memory. */
+  pinned: boolean;
+}
+
+/** Shape of a stage: every field always set (derived from config.json by worker/models). */
+export interface StageSpec {
+  backend: BackendName;
+  device: number;
+  vocabSize: number;
+  hiddenSize: number;
+  intermediateSize: number;
+  numAttentionHeads: number;
+  numKeyValueHeads: number;
+  headDim: number;
+  /** Total layers of the model; the stage holds [layerStart, layerEnd). */
+  numLayers: number;
+  layerStart: number;
+  layerEnd: number;
+  hasEmbeddings: boolean;
+  hasHead: boolean;
+  /** LM head shares the embedding matrix: the head stage binds model.embed_tokens.weight. */
+  tieWordEmbeddings: boolean;
+  attentionBias: boolean;
+  rmsNormEps: number;
+  ropeTheta: number;
+  rope: RopeScaling;
+  /** KV cache capacity of each sequence, in tokens. */
+  maxContext: number;
+  /** Type computations keep activations in; weights are converted from their stored dtype. */
+  computeDType: DType;
+}
+
+export type RopeScaling =
+  | { kind: 'none' }
+  | { kind: 'linear'; factor: number }
+  | {
+      kind: 'llama3';
+      factor: number;
+      lowFreqFactor: number;
+      highFreqFactor: number;
+      originalMaxPositionEmbeddings: number;
+    };
+
+/** Where one tensor's bytes sit in a host buffer: a copy plan entry. */
+export interface TensorBinding {
+  /** Hugging Face name, e.g. "model.layers.3.self_attn.q_proj.weight". */
+  name: string;
+  dtype: DType;
+  shape: number[];
+  buffer: HostBufferHandle;
+  offset: number;
+}
+
+export interface ForwardInput {
+  /** Caller-chosen id of a sequence; its KV cache lives in the stage until released. */
+  sequence: number;
+  /** Position of the first input token; earlier positions must already be cached. */
+  position: number;
+  /** Token ids, for a stage with embeddings; null otherwise. */
+  tokens: Int32Array | null;
+  /** Hidden states (tokens x hiddenSize), for a stage without embeddings; null otherwise. */
+  hidden: Float32Array | null;
+}
+
+export interface NativeAddon {
+  buildInfo(): BuildInfo;
+  /** Devices of a backend; [] for "cuda" when it is not compiled in or no GPU is present. */
+  listDevices(backend: BackendName): DeviceInfo[];
+
+  allocHostBuffer(bytes: number, pinned: boolean): HostBufferHandle;
+  hostBufferInfo(buffer: HostBufferHandle): HostBufferInfo;
+  /** Copies data into the buffer at offset; throws RangeError past its end. */
+  writeHostBuffer(buffer: HostBufferHandle, offset: number, data: Uint8Array): void;
+  freeHostBuffer(buffer: HostBufferHandle): void;
+
+  /** Allocates the stage's weights and KV cache space on its device. */
+  createStage(spec: StageSpec): StageHandle;
+  /** Copies (and converts) one tensor into the stage; checks its name and shape. */
+  bindTensor(stage: StageHandle, binding: TensorBinding): void;
+  /** Names of tensors the stage still lacks; [] once it can run. */
+  missingTensors(stage: StageHandle): string[];
+  /**
+   * Runs the stage over the input tokens. Resolves to the logits of the last token
+   * (vocabSize floats) on a stage with the head, else to the hidden states of all tokens.
+   */
+  forward(stage: StageHandle, input: ForwardInput): Promise<Float32Array>;
+  /** Frees a sequence's KV cache; unknown sequences are ignored. */
+  releaseSequence(stage: StageHandle, sequence: number): void;
+  /** Bytes the stage holds on its device (weights plus allocated KV cache). */
+  stageDeviceBytes(stage: StageHandle): number;
+  disposeStage(stage: StageHandle): void;
+
+  /** sd_notify(3): sends state (e.g. "READY=1") to $NOTIFY_SOCKET; false when unset. */
+  notifySystemd(state: string): boolean;
+}
