@@ -1,0 +1,89 @@
+// Host buffer exports (see AddonHostBuffer.h). All of them run on the JS thread; stages
+// copy what they bind, so a buffer may be freed or rewritten once bindTensor returns.
+#include "AddonHostBuffer.h"
+
+#include <cstring>
+#include <memory>
+
+#include "AddonErrors.h"
+#include "AddonValues.h"
+#include "core/Backends.h"
+#include "core/Errors.h"
+
+namespace paraserve {
+
+namespace {
+
+constexpr napi_type_tag kHostBufferTag = {0x7061726173657276ULL, 0x486f737442756631ULL};
+
+struct HostBufferBox {
+  std::unique_ptr<HostBuffer> buffer;  // null once freed
+};
+
+HostBufferBox& unwrapBox(const Napi::Value& value, const std::string& what) {
+  if (!value.IsExternal() || !value.As<Napi::External<HostBufferBox>>().CheckTypeTag(&kHostBufferTag)) {
+    throw InvalidArgumentError(what + " must be a HostBufferHandle from allocHostBuffer");
+  }
+  return *value.As<Napi::External<HostBufferBox>>().Data();
+}
+
+Napi::Value AllocHostBuffer(const Napi::CallbackInfo& info) {
+  const int64_t bytes = integerValue(info[0], "bytes", 1, kMaxSafeInteger);
+  const bool pinned = boolValue(info[1], "pinned");
+  auto box = std::make_unique<HostBufferBox>();
+  box->buffer = allocateHostBuffer(static_cast<uint64_t>(bytes), pinned);
+  auto handle = Napi::External<HostBufferBox>::New(info.Env(), box.get(),
+                                                   [](Napi::Env, HostBufferBox* owned) { delete owned; });
+  box.release();
+  handle.TypeTag(&kHostBufferTag);
+  return handle;
+}
+
+Napi::Value HostBufferInfo(const Napi::CallbackInfo& info) {
+  const HostBuffer& buffer = unwrapHostBuffer(info[0], "buffer");
+  Napi::Object out = Napi::Object::New(info.Env());
+  out.Set("bytes", Napi::Number::New(info.Env(), static_cast<double>(buffer.bytes())));
+  out.Set("pinned", Napi::Boolean::New(info.Env(), buffer.pinned()));
+  return out;
+}
+
+Napi::Value WriteHostBuffer(const Napi::CallbackInfo& info) {
+  const HostBuffer& buffer = unwrapHostBuffer(info[0], "buffer");
+  const int64_t offset = integerValue(info[1], "offset", -kMaxSafeInteger, kMaxSafeInteger);
+  if (!info[2].IsTypedArray() || info[2].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array) {
+    throw InvalidArgumentError("data must be a Uint8Array");
+  }
+  const auto data = info[2].As<Napi::Uint8Array>();
+  const uint64_t length = data.ByteLength();
+  if (offset < 0 || static_cast<uint64_t>(offset) > buffer.bytes() ||
+      length > buffer.bytes() - static_cast<uint64_t>(offset)) {
+    throw Napi::RangeError::New(info.Env(), "writing " + std::to_string(length) + " bytes at offset " +
+                                                std::to_string(offset) + " runs past the end of a " +
+                                                std::to_string(buffer.bytes()) + "-byte host buffer");
+  }
+  if (length > 0) std::memcpy(buffer.data() + offset, data.Data(), length);
+  return info.Env().Undefined();
+}
+
+// Idempotent: freeing twice is not an error, using a freed buffer is (DisposedError).
+Napi::Value FreeHostBuffer(const Napi::CallbackInfo& info) {
+  unwrapBox(info[0], "buffer").buffer.reset();
+  return info.Env().Undefined();
+}
+
+}  // namespace
+
+const HostBuffer& unwrapHostBuffer(const Napi::Value& value, const std::string& what) {
+  HostBufferBox& box = unwrapBox(value, what);
+  if (!box.buffer) throw DisposedError(what + " was freed (freeHostBuffer)");
+  return *box.buffer;
+}
+
+void registerHostBufferExports(Napi::Env env, Napi::Object exports) {
+  exportFunction<AllocHostBuffer>(env, exports, "allocHostBuffer");
+  exportFunction<HostBufferInfo>(env, exports, "hostBufferInfo");
+  exportFunction<WriteHostBuffer>(env, exports, "writeHostBuffer");
+  exportFunction<FreeHostBuffer>(env, exports, "freeHostBuffer");
+}
+
+}  // namespace paraserve

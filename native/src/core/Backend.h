@@ -1,0 +1,115 @@
+// The one interface every compute backend fills (CPU always, CUDA where built), and the
+// plain data that crosses it. The N-API layer (Addon*.cpp) converts JS values into these
+// structs, validates them against the stage's shape (StageShape.h) and calls a Backend; the
+// backends never see N-API. Mirrors worker/native/addon-types.ts field for field.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/DType.h"
+#include "core/HostBuffer.h"
+
+namespace paraserve {
+
+enum class BackendKind { Cpu, Cuda };
+
+struct RopeScaling {
+  enum class Kind { None, Linear, Llama3 };
+  Kind kind = Kind::None;
+  double factor = 1.0;                           // linear, llama3
+  double lowFreqFactor = 0.0;                    // llama3
+  double highFreqFactor = 0.0;                   // llama3
+  double originalMaxPositionEmbeddings = 0.0;    // llama3
+};
+
+// Shape of a stage: the layer range [layerStart, layerEnd) of a Llama-family model.
+struct StageSpec {
+  BackendKind backend = BackendKind::Cpu;
+  int64_t device = 0;
+  int64_t vocabSize = 0;
+  int64_t hiddenSize = 0;
+  int64_t intermediateSize = 0;
+  int64_t numAttentionHeads = 0;
+  int64_t numKeyValueHeads = 0;
+  int64_t headDim = 0;
+  int64_t numLayers = 0;
+  int64_t layerStart = 0;
+  int64_t layerEnd = 0;
+  bool hasEmbeddings = false;
+  bool hasHead = false;
+  bool tieWordEmbeddings = false;
+  bool attentionBias = false;
+  double rmsNormEps = 0.0;
+  double ropeTheta = 0.0;
+  RopeScaling rope;
+  int64_t maxContext = 0;  // KV cache capacity of each sequence, in tokens
+  DType computeDType = DType::F32;
+};
+
+struct DeviceInfo {
+  int64_t index = 0;
+  BackendKind kind = BackendKind::Cpu;
+  std::string name;
+  uint64_t totalBytes = 0;
+  uint64_t freeBytes = 0;
+};
+
+// One tensor's bytes in a host buffer (a copy-plan entry), already checked against the
+// buffer's size and the stage's expected shape by the caller.
+struct TensorBinding {
+  std::string name;
+  DType dtype = DType::F32;
+  std::vector<int64_t> shape;
+  const HostBuffer* buffer = nullptr;
+  uint64_t offset = 0;
+};
+
+// Exactly one of tokens / hidden is non-empty: tokens on a stage with embeddings, hidden
+// states (tokenCount x hiddenSize, row-major) otherwise.
+struct ForwardRequest {
+  int64_t sequence = 0;
+  int64_t position = 0;  // position of the first input token
+  std::vector<int32_t> tokens;
+  std::vector<float> hidden;
+};
+
+// A model stage materialised on one device.
+// Threading: bindTensor, missingTensors, releaseSequence and deviceBytes are called on the JS
+// thread; forward on worker threads, concurrently for different sequences (and serialised
+// per sequence by the stage). The addon never calls bindTensor while a forward runs.
+class Stage {
+ public:
+  virtual ~Stage() = default;
+  // Copies and converts one tensor into the stage, replacing an earlier binding of it.
+  virtual void bindTensor(const TensorBinding& binding) = 0;
+  // Names of expected tensors not bound yet, in layer order.
+  virtual std::vector<std::string> missingTensors() const = 0;
+  // Logits of the last token (vocabSize) on a head stage, else hidden states of all tokens.
+  // Appends the tokens to the sequence's KV cache at request.position, discarding any
+  // cached tokens at or after it; throws InvalidArgumentError past maxContext.
+  virtual std::vector<float> forward(const ForwardRequest& request) = 0;
+  // Frees a sequence's KV cache; unknown sequences are ignored.
+  virtual void releaseSequence(int64_t sequence) = 0;
+  // Weights plus KV cache currently allocated, in bytes.
+  virtual uint64_t deviceBytes() const = 0;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual BackendKind kind() const = 0;
+  // false while the backend can list devices and allocate but not run stages.
+  virtual bool canExecuteStages() const = 0;
+  virtual std::vector<DeviceInfo> listDevices() = 0;
+  // Page-locked memory when pinned is asked for and the backend can pin, else pageable.
+  virtual std::unique_ptr<HostBuffer> allocHost(uint64_t bytes, bool pinned) = 0;
+  // spec has passed validateStageSpec; the backend checks what is specific to it.
+  virtual std::unique_ptr<Stage> createStage(const StageSpec& spec) = 0;
+};
+
+const char* backendName(BackendKind kind);
+
+}  // namespace paraserve

@@ -1,0 +1,254 @@
+// The CPU stage: binding, KV cache bookkeeping and the layer loop (see CpuStage.h).
+#include "cpu/CpuStage.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "core/Errors.h"
+#include "core/Rope.h"
+#include "cpu/CpuKernels.h"
+
+namespace paraserve::cpu {
+
+namespace {
+
+// Smallest KV cache allocation of a sequence, in positions; it then doubles up to maxContext.
+constexpr int64_t kMinCapacity = 32;
+
+}  // namespace
+
+struct CpuStage::Activations {
+  Activations(const StageSpec& spec, int64_t count)
+      : count(count),
+        x(count * spec.hiddenSize),
+        normed(count * spec.hiddenSize),
+        q(count * spec.numAttentionHeads * spec.headDim),
+        k(count * spec.numKeyValueHeads * spec.headDim),
+        v(count * spec.numKeyValueHeads * spec.headDim),
+        attn(count * spec.numAttentionHeads * spec.headDim),
+        projected(count * spec.hiddenSize),
+        gate(count * spec.intermediateSize),
+        up(count * spec.intermediateSize),
+        cosT(count * spec.headDim / 2),
+        sinT(count * spec.headDim / 2) {}
+
+  int64_t count;
+  std::vector<float> x;          // (count, hidden): the residual stream
+  std::vector<float> normed;     // (count, hidden)
+  std::vector<float> q;          // (count, heads, headDim)
+  std::vector<float> k;          // (count, kvHeads, headDim)
+  std::vector<float> v;          // (count, kvHeads, headDim)
+  std::vector<float> attn;       // (count, heads, headDim)
+  std::vector<float> projected;  // (count, hidden)
+  std::vector<float> gate;       // (count, inter)
+  std::vector<float> up;         // (count, inter)
+  std::vector<float> cosT;       // (count, headDim/2)
+  std::vector<float> sinT;       // (count, headDim/2)
+};
+
+CpuStage::Sequence::~Sequence() { kvBytes -= bytes; }
+
+CpuStage::CpuStage(const StageSpec& spec)
+    : spec_(spec),
+      invFreq_(ropeInverseFrequencies(spec.headDim, spec.ropeTheta, spec.rope)),
+      layers_(static_cast<size_t>(spec.layerEnd - spec.layerStart)) {
+  for (TensorSlot& expected : stageTensors(spec)) {
+    std::vector<float>* storage = storageFor(expected.name);
+    slotIndex_.emplace(expected.name, slots_.size());
+    slots_.push_back({std::move(expected), storage, false});
+  }
+}
+
+std::vector<float>* CpuStage::storageFor(const std::string& name) {
+  struct LayerTensor {
+    const char* suffix;
+    std::vector<float> Layer::*member;
+  };
+  static const LayerTensor kLayerTensors[] = {
+      {"input_layernorm.weight", &Layer::inputNorm},
+      {"self_attn.q_proj.weight", &Layer::wq},
+      {"self_attn.k_proj.weight", &Layer::wk},
+      {"self_attn.v_proj.weight", &Layer::wv},
+      {"self_attn.q_proj.bias", &Layer::bq},
+      {"self_attn.k_proj.bias", &Layer::bk},
+      {"self_attn.v_proj.bias", &Layer::bv},
+      {"self_attn.o_proj.weight", &Layer::wo},
+      {"post_attention_layernorm.weight", &Layer::postNorm},
+      {"mlp.gate_proj.weight", &Layer::wGate},
+      {"mlp.up_proj.weight", &Layer::wUp},
+      {"mlp.down_proj.weight", &Layer::wDown},
+  };
+  if (name == "model.embed_tokens.weight") return &embed_;
+  if (name == "model.norm.weight") return &norm_;
+  if (name == "lm_head.weight") return &lmHead_;
+  // stageTensors only yields "model.layers.<i>.<suffix>" names for i in the stage's range.
+  const size_t numberBegin = std::strlen("model.layers.");
+  const size_t numberEnd = name.find('.', numberBegin);
+  const int64_t layer = std::stoll(name.substr(numberBegin, numberEnd - numberBegin));
+  const std::string suffix = name.substr(numberEnd + 1);
+  Layer& target = layers_[static_cast<size_t>(layer - spec_.layerStart)];
+  for (const LayerTensor& entry : kLayerTensors) {
+    if (suffix == entry.suffix) return &(target.*entry.member);
+  }
+  throw NativeError("NativeError", "no storage for tensor " + name);
+}
+
+void CpuStage::bindTensor(const TensorBinding& binding) {
+  const auto found = slotIndex_.find(binding.name);
+  if (found == slotIndex_.end()) {
+    std::string holds = "layers [" + std::to_string(spec_.layerStart) + ", " + std::to_string(spec_.layerEnd) + ")";
+    if (spec_.hasEmbeddings) holds += ", embeddings";
+    if (spec_.hasHead) holds += spec_.tieWordEmbeddings ? ", norm and head (tied to model.embed_tokens.weight)"
+                                                        : ", norm and head";
+    throw InvalidArgumentError("the stage has no tensor named '" + binding.name + "' (it holds " + holds + ")");
+  }
+  Slot& slot = slots_[found->second];
+  checkBinding(slot.expected, binding);
+  uint64_t elements = 1;
+  for (int64_t d : slot.expected.shape) elements *= static_cast<uint64_t>(d);
+  std::vector<float> converted(elements);
+  convertToF32(binding.buffer->data() + binding.offset, binding.dtype, elements, converted.data());
+  weightBytes_ -= slot.storage->size() * sizeof(float);
+  *slot.storage = std::move(converted);
+  weightBytes_ += elements * sizeof(float);
+  slot.bound = true;
+}
+
+std::vector<std::string> CpuStage::missingTensors() const {
+  std::vector<std::string> missing;
+  for (const Slot& slot : slots_) {
+    if (!slot.bound) missing.push_back(slot.expected.name);
+  }
+  return missing;
+}
+
+std::shared_ptr<CpuStage::Sequence> CpuStage::sequenceFor(int64_t id, int64_t position) {
+  std::lock_guard<std::mutex> lock(sequencesMutex_);
+  const auto found = sequences_.find(id);
+  if (found != sequences_.end()) return found->second;
+  if (position != 0) {
+    throw InvalidArgumentError("sequence " + std::to_string(id) + " has no cached tokens, so input.position must be 0, got " +
+                               std::to_string(position));
+  }
+  auto sequence = std::make_shared<Sequence>(kvBytes_);
+  sequence->keys.resize(layers_.size());
+  sequence->values.resize(layers_.size());
+  sequences_.emplace(id, sequence);
+  return sequence;
+}
+
+void CpuStage::reserve(Sequence& sequence, int64_t positions) const {
+  if (positions <= sequence.capacity) return;
+  const int64_t target = std::min(spec_.maxContext, std::max({positions, 2 * sequence.capacity, kMinCapacity}));
+  const auto floats = static_cast<size_t>(target * spec_.numKeyValueHeads * spec_.headDim);
+  const auto account = [&sequence] {
+    uint64_t bytes = 0;
+    for (const auto& buffer : sequence.keys) bytes += buffer.capacity() * sizeof(float);
+    for (const auto& buffer : sequence.values) bytes += buffer.capacity() * sizeof(float);
+    sequence.kvBytes += bytes - sequence.bytes;
+    sequence.bytes = bytes;
+  };
+  try {
+    for (size_t layer = 0; layer < layers_.size(); ++layer) {
+      sequence.keys[layer].resize(floats);
+      sequence.values[layer].resize(floats);
+    }
+  } catch (...) {
+    account();
+    throw OutOfMemoryError("could not grow the KV cache of a sequence to " + std::to_string(target) + " positions");
+  }
+  account();
+  sequence.capacity = target;
+}
+
+std::vector<float> CpuStage::forward(const ForwardRequest& request) {
+  checkForwardRequest(spec_, request);
+  const std::vector<std::string> missing = missingTensors();
+  if (!missing.empty()) {
+    throw InvalidArgumentError("the stage still lacks " + std::to_string(missing.size()) + " tensor(s), first " +
+                               missing.front() + "; bind them before forward");
+  }
+  const int64_t count = requestTokenCount(spec_, request);
+  const int64_t hidden = spec_.hiddenSize;
+  const std::shared_ptr<Sequence> sequence = sequenceFor(request.sequence, request.position);
+  std::lock_guard<std::mutex> lock(sequence->mutex);
+  if (request.position > sequence->length) {
+    throw InvalidArgumentError("input.position " + std::to_string(request.position) + " leaves a gap: sequence " +
+                               std::to_string(request.sequence) + " holds " + std::to_string(sequence->length) +
+                               " cached tokens");
+  }
+  try {
+    reserve(*sequence, request.position + count);
+    Activations act(spec_, count);
+    if (spec_.hasEmbeddings) {
+      for (int64_t t = 0; t < count; ++t) {
+        const float* row = embed_.data() + static_cast<int64_t>(request.tokens[t]) * hidden;
+        std::copy(row, row + hidden, act.x.begin() + t * hidden);
+      }
+    } else {
+      act.x = request.hidden;
+    }
+    ropeTables(invFreq_, request.position, count, act.cosT.data(), act.sinT.data());
+    for (size_t layer = 0; layer < layers_.size(); ++layer) runLayer(layer, *sequence, request.position, act);
+    sequence->length = request.position + count;
+    return spec_.hasHead ? head(act.x, count) : std::move(act.x);
+  } catch (...) {
+    // Positions from request.position on may hold this call's partial keys/values.
+    sequence->length = std::min(sequence->length, request.position);
+    throw;
+  }
+}
+
+void CpuStage::runLayer(size_t layerIndex, Sequence& sequence, int64_t position, Activations& act) const {
+  const Layer& layer = layers_[layerIndex];
+  const int64_t count = act.count;
+  const int64_t hidden = spec_.hiddenSize;
+  const int64_t heads = spec_.numAttentionHeads;
+  const int64_t kvHeads = spec_.numKeyValueHeads;
+  const int64_t headDim = spec_.headDim;
+  const int64_t qDim = heads * headDim;
+  const int64_t kvDim = kvHeads * headDim;
+  const int64_t inter = spec_.intermediateSize;
+  const bool bias = spec_.attentionBias;
+
+  rmsNorm(act.x.data(), layer.inputNorm.data(), count, hidden, spec_.rmsNormEps, act.normed.data());
+  linear(act.normed.data(), layer.wq.data(), bias ? layer.bq.data() : nullptr, count, hidden, qDim, act.q.data());
+  linear(act.normed.data(), layer.wk.data(), bias ? layer.bk.data() : nullptr, count, hidden, kvDim, act.k.data());
+  linear(act.normed.data(), layer.wv.data(), bias ? layer.bv.data() : nullptr, count, hidden, kvDim, act.v.data());
+  applyRope(act.q.data(), act.cosT.data(), act.sinT.data(), count, heads, headDim);
+  applyRope(act.k.data(), act.cosT.data(), act.sinT.data(), count, kvHeads, headDim);
+
+  float* keys = sequence.keys[layerIndex].data();
+  float* values = sequence.values[layerIndex].data();
+  std::copy(act.k.begin(), act.k.end(), keys + position * kvDim);
+  std::copy(act.v.begin(), act.v.end(), values + position * kvDim);
+  attention(act.q.data(), keys, values, count, position, heads, kvHeads, headDim, act.attn.data());
+  linear(act.attn.data(), layer.wo.data(), nullptr, count, qDim, hidden, act.projected.data());
+  addInPlace(act.x.data(), act.projected.data(), count * hidden);
+
+  rmsNorm(act.x.data(), layer.postNorm.data(), count, hidden, spec_.rmsNormEps, act.normed.data());
+  linear(act.normed.data(), layer.wGate.data(), nullptr, count, hidden, inter, act.gate.data());
+  linear(act.normed.data(), layer.wUp.data(), nullptr, count, hidden, inter, act.up.data());
+  swiglu(act.gate.data(), act.up.data(), count * inter);
+  linear(act.gate.data(), layer.wDown.data(), nullptr, count, inter, hidden, act.projected.data());
+  addInPlace(act.x.data(), act.projected.data(), count * hidden);
+}
+
+std::vector<float> CpuStage::head(const std::vector<float>& x, int64_t count) const {
+  const int64_t hidden = spec_.hiddenSize;
+  std::vector<float> normed(static_cast<size_t>(hidden));
+  rmsNorm(x.data() + (count - 1) * hidden, norm_.data(), 1, hidden, spec_.rmsNormEps, normed.data());
+  const std::vector<float>& weights = spec_.tieWordEmbeddings ? embed_ : lmHead_;
+  std::vector<float> logits(static_cast<size_t>(spec_.vocabSize));
+  linear(normed.data(), weights.data(), nullptr, 1, hidden, spec_.vocabSize, logits.data());
+  return logits;
+}
+
+void CpuStage::releaseSequence(int64_t sequence) {
+  std::lock_guard<std::mutex> lock(sequencesMutex_);
+  sequences_.erase(sequence);
+}
+
+uint64_t CpuStage::deviceBytes() const { return weightBytes_ + kvBytes_; }
+
+}  // namespace paraserve::cpu
