@@ -1,0 +1,353 @@
+// LoadStage: bring a stage of a model from its source into one host buffer (the instance's
+// host cache copy) and onto a device, reporting each phase. Fetch runs several ranged
+// requests at once in layer order (fetch-plan.ts lays them out); then the runtime is set up
+// (createStage: weights and KV cache space) and every tensor is bound from the host buffer.
+// Overlapping fetch, copy and init per layer arrives with the cold-start issue; this version
+// runs the phases one after the other. A load that fails or is aborted leaves nothing behind:
+// the stage is disposed, the buffer freed, the instance reported FAILED and then removed.
+import { setImmediate as yieldToLoop } from 'node:timers/promises';
+import { status } from '@grpc/grpc-js';
+import type { Logger } from 'pino';
+import type { LoadProgress__Output } from '../../protos/generated/paraserve/v1/LoadProgress.js';
+import type { LoadStageRequest__Output } from '../../protos/generated/paraserve/v1/LoadStageRequest.js';
+import type { ModelFile__Output } from '../../protos/generated/paraserve/v1/ModelFile.js';
+import type { StageRange__Output } from '../../protos/generated/paraserve/v1/StageRange.js';
+import type { ModelConfig } from '../models/model-config.js';
+import { parseModelConfig } from '../models/config.js';
+import { readCheckpointTensors, type TensorInfo } from '../models/safetensors.js';
+import { openModelSource, type ModelSourceReader } from '../models/source.js';
+import { planStageTensors, stageSpecFor, type StageRangeSpec } from '../models/stage-plan.js';
+import type { BackendName, DeviceInfo, HostBufferHandle, NativeAddon, StageHandle } from '../native/addon-types.js';
+import { nativeStageRunner } from '../engine/generator.js';
+import { toStatus, WorkerError, type StatusReport } from './errors.js';
+import { defaultFetchPlanOptions, planFetch, type FetchPlan } from './fetch-plan.js';
+import type { InstanceRecord, WorkerState } from './state.js';
+
+export type LoadPhase = 'FETCH' | 'COPY' | 'INIT' | 'READY';
+
+export interface LoaderDeps {
+  addon: NativeAddon;
+  backend: BackendName;
+  state: WorkerState;
+  logger: Logger;
+  /** KV cache capacity per sequence when the request leaves max_context at 0. */
+  defaultMaxContext: number;
+  /** Ranged requests in flight at once while fetching. */
+  fetchConcurrency: number;
+}
+
+/** Receives LoadProgress messages for the LoadStage stream. */
+export type ProgressSink = (progress: LoadProgress__Output) => void;
+
+/** The stage a request asks for, checked against the model's shape. */
+export interface ResolvedStage {
+  range: StageRange__Output;
+  spec: StageRangeSpec;
+  maxContext: number;
+}
+
+/**
+ * Pure: checks the requested range against the model and fills defaults. An absent stage is
+ * the whole model; max_context 0 takes the worker's default; both are capped at the model's
+ * max_position_embeddings.
+ */
+export function resolveStage(
+  stage: StageRange__Output | null,
+  requestedMaxContext: number,
+  defaultMaxContext: number,
+  config: ModelConfig,
+): ResolvedStage | string {
+  const range: StageRange__Output = stage ?? {
+    layerStart: 0,
+    layerEnd: config.numLayers,
+    hasEmbeddings: true,
+    hasHead: true,
+    stageIndex: 0,
+    stageCount: 1,
+  };
+  const { layerStart, layerEnd } = range;
+  if (!(layerStart < layerEnd && layerEnd <= config.numLayers)) {
+    return `stage layers [${layerStart}, ${layerEnd}) are not a non-empty range within the model's ${config.numLayers} layers`;
+  }
+  if (range.hasEmbeddings !== (layerStart === 0)) {
+    return `stage layers [${layerStart}, ${layerEnd}): has_embeddings must be ${layerStart === 0} (only the stage starting at layer 0 holds the embeddings)`;
+  }
+  if (range.hasHead !== (layerEnd === config.numLayers)) {
+    return `stage layers [${layerStart}, ${layerEnd}): has_head must be ${layerEnd === config.numLayers} (only the stage ending at the last layer holds the head)`;
+  }
+  if (range.stageCount > 0 && range.stageIndex >= range.stageCount) {
+    return `stage_index ${range.stageIndex} is not below stage_count ${range.stageCount}`;
+  }
+  const maxContext = Math.min(requestedMaxContext > 0 ? requestedMaxContext : defaultMaxContext, config.maxPositionEmbeddings);
+  if (maxContext < 2) return `max_context ${maxContext} is too small`;
+  return {
+    range: { ...range },
+    spec: { layerStart, layerEnd, hasEmbeddings: range.hasEmbeddings, hasHead: range.hasHead },
+    maxContext,
+  };
+}
+
+/** Pure: the device a stage goes to; -1 picks the one with the most free bytes. */
+export function chooseDevice(requested: number, devices: readonly Pick<DeviceInfo, 'index' | 'freeBytes'>[]): number | string {
+  if (devices.length === 0) return 'the backend has no devices';
+  if (requested === -1) {
+    return devices.reduce((best, d) => (d.freeBytes > best.freeBytes ? d : best)).index;
+  }
+  if (!devices.some((d) => d.index === requested)) {
+    return `device ${requested} does not exist (devices: ${devices.map((d) => d.index).join(', ')})`;
+  }
+  return requested;
+}
+
+/** Pure: files whose size at the source differs from the registered one. */
+export function sizeMismatches(registered: readonly ModelFile__Output[], actual: readonly number[]): string[] {
+  return registered.flatMap((file, i) =>
+    file.size > 0 && actual[i] !== file.size
+      ? [`${file.path} is ${actual[i]} bytes at the source but was registered with ${file.size}`]
+      : [],
+  );
+}
+
+function invalid(message: string): WorkerError {
+  return new WorkerError(status.INVALID_ARGUMENT, message);
+}
+
+/**
+ * Loads the stage named by the request, or confirms it is loaded. Resolves once the instance
+ * is ON_DEVICE (the caller then ends the stream, whose last message is READY); rejects with
+ * an error toStatus maps. `caller` aborts the load (client gone).
+ */
+export async function loadStage(
+  deps: LoaderDeps,
+  request: LoadStageRequest__Output,
+  progress: ProgressSink,
+  caller: AbortSignal,
+): Promise<void> {
+  const arrived = performance.now();
+  const elapsed = (): number => performance.now() - arrived;
+  const report = (phase: LoadPhase, bytesDone: number, bytesTotal: number): void =>
+    progress({ phase, bytesDone, bytesTotal, elapsedMs: elapsed() });
+
+  if (request.instanceId === '') throw invalid('instance_id is empty');
+  const existing = deps.state.instance(request.instanceId);
+  if (existing !== null) {
+    if (existing.model !== request.model) {
+      throw new WorkerError(status.ALREADY_EXISTS, `instance ${existing.id} already holds model ${existing.model}`);
+    }
+    const failure = await existing.loaded;
+    if (failure !== null) throw new WorkerError(failure.code, failure.details);
+    if (existing.unloading) throw new WorkerError(status.FAILED_PRECONDITION, `instance ${existing.id} is being unloaded`);
+    report('READY', existing.hostBytes, existing.hostBytes);
+    return;
+  }
+  deps.state.assertAccepting();
+  if (request.model === '') throw invalid('model is empty');
+  if (request.source === null || request.source.uri === '') throw invalid('source.uri is empty');
+
+  let config: ModelConfig;
+  try {
+    config = parseModelConfig(JSON.parse(request.configJson) as unknown);
+  } catch (e) {
+    throw invalid(`config_json: ${e instanceof Error ? e.message : String(e)}`);
+  }
+  const resolved = resolveStage(request.stage, request.maxContext, deps.defaultMaxContext, config);
+  if (typeof resolved === 'string') throw invalid(resolved);
+  const device = chooseDevice(request.device, deps.addon.listDevices(deps.backend));
+  if (typeof device === 'string') throw invalid(device);
+
+  let settle: (failure: StatusReport | null) => void = () => undefined;
+  const record: InstanceRecord = {
+    id: request.instanceId,
+    model: request.model,
+    stage: resolved.range,
+    device,
+    residency: 'LOADING',
+    deviceBytes: 0,
+    hostBytes: 0,
+    activeRequests: 0,
+    error: '',
+    maxContext: resolved.maxContext,
+    nativeStage: null,
+    hostBuffer: null,
+    runner: null,
+    measureDeviceBytes: null,
+    loaded: new Promise((resolve) => {
+      settle = resolve;
+    }),
+    loadAbort: new AbortController(),
+    unloading: false,
+    nextSequence: 1,
+  };
+  const signal = AbortSignal.any([caller, record.loadAbort.signal]);
+  deps.state.addInstance(record);
+  const log = deps.logger.child({ instance: record.id, model: record.model });
+  log.info({ stage: resolved.range, device, source: request.source.uri }, 'load started');
+
+  const phase = (name: LoadPhase, ended: boolean): void =>
+    deps.state.emitPhase({ instanceId: record.id, phase: name, ended, atMs: elapsed() });
+
+  try {
+    const source = openModelSource(request.source.uri);
+    await verifySizes(source, request.source.files);
+    signal.throwIfAborted();
+    const tensors = await readCheckpointTensors(source);
+    signal.throwIfAborted();
+    const planned = planStageTensors(tensors, config, resolved.spec);
+    const plan = planFetch(planned, defaultFetchPlanOptions);
+
+    deps.state.reserveHostBytes(record, plan.totalBytes);
+    record.hostBuffer = deps.addon.allocHostBuffer(plan.totalBytes, true);
+
+    phase('FETCH', false);
+    report('FETCH', 0, plan.fetchBytes);
+    const fetchStarted = performance.now();
+    await fetchInto(deps, source, plan, record.hostBuffer, signal, (done) => report('FETCH', done, plan.fetchBytes));
+    const fetchSeconds = (performance.now() - fetchStarted) / 1000;
+    if (fetchSeconds > 0) deps.state.recordFetchRate(plan.fetchBytes / fetchSeconds);
+    phase('FETCH', true);
+
+    phase('INIT', false);
+    report('INIT', 0, 0);
+    record.nativeStage = deps.addon.createStage(stageSpecFor(config, resolved.spec, deps.backend, device, resolved.maxContext));
+    phase('INIT', true);
+
+    phase('COPY', false);
+    await bindAll(deps.addon, record.nativeStage, record.hostBuffer, planned, plan, signal, (done) =>
+      report('COPY', done, plan.fetchBytes),
+    );
+    signal.throwIfAborted();
+    const missing = deps.addon.missingTensors(record.nativeStage);
+    if (missing.length > 0) throw invalid(`the checkpoint lacks tensors the stage needs: ${missing.join(', ')}`);
+    phase('COPY', true);
+
+    const stage = record.nativeStage;
+    record.measureDeviceBytes = () => deps.addon.stageDeviceBytes(stage);
+    record.deviceBytes = record.measureDeviceBytes();
+    record.runner = nativeStageRunner(deps.addon, stage);
+    record.residency = 'ON_DEVICE';
+    deps.state.changed();
+    phase('READY', true);
+    report('READY', plan.fetchBytes, plan.fetchBytes);
+    log.info({ elapsedMs: Math.round(elapsed()), hostBytes: record.hostBytes, deviceBytes: record.deviceBytes }, 'load ready');
+    settle(null);
+  } catch (e) {
+    const failure = toStatus(signal.aborted ? (signal.reason ?? e) : e);
+    log.warn({ code: failure.code, details: failure.details }, 'load failed');
+    releaseNative(deps.addon, record);
+    deps.state.failInstance(record, failure.details);
+    settle(failure);
+    throw new WorkerError(failure.code, failure.details, { cause: e });
+  }
+}
+
+/** Frees what an instance holds natively (its stage, then its host buffer). */
+export function releaseNative(addon: NativeAddon, record: InstanceRecord): void {
+  if (record.nativeStage !== null) addon.disposeStage(record.nativeStage);
+  record.nativeStage = null;
+  record.runner = null;
+  record.measureDeviceBytes = null;
+  if (record.hostBuffer !== null) addon.freeHostBuffer(record.hostBuffer);
+  record.hostBuffer = null;
+}
+
+async function verifySizes(source: ModelSourceReader, files: readonly ModelFile__Output[]): Promise<void> {
+  if (files.length === 0) return;
+  const actual = await Promise.all(files.map((f) => source.size(f.path)));
+  const mismatches = sizeMismatches(files, actual);
+  if (mismatches.length > 0) {
+    throw new WorkerError(status.FAILED_PRECONDITION, `model files changed since registration: ${mismatches.join('; ')}`);
+  }
+}
+
+/**
+ * Runs the plan's ranges with deps.fetchConcurrency requests in flight, in plan order, writing
+ * each chunk at its place in the buffer. On the first failure the others are aborted, and this
+ * returns only once none is running (the buffer may be freed after).
+ */
+async function fetchInto(
+  deps: LoaderDeps,
+  source: ModelSourceReader,
+  plan: FetchPlan,
+  buffer: HostBufferHandle,
+  signal: AbortSignal,
+  onProgress: (bytesDone: number) => void,
+): Promise<void> {
+  const stop = new AbortController();
+  const fetchSignal = AbortSignal.any([signal, stop.signal]);
+  let next = 0;
+  let done = 0;
+  let failure: { error: unknown } | null = null;
+  const lane = async (): Promise<void> => {
+    while (next < plan.ranges.length && !fetchSignal.aborted) {
+      const range = plan.ranges[next++]!;
+      try {
+        await source.streamRange(
+          range.file,
+          range.begin,
+          range.end,
+          (chunk, offset) => {
+            if (!fetchSignal.aborted) deps.addon.writeHostBuffer(buffer, range.bufferOffset + (offset - range.begin), chunk);
+          },
+          fetchSignal,
+        );
+      } catch (e) {
+        failure ??= { error: e };
+        stop.abort();
+        return;
+      }
+      done += range.end - range.begin;
+      onProgress(done);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.max(1, deps.fetchConcurrency) }, lane));
+  signal.throwIfAborted();
+  if (failure !== null) throw (failure as { error: unknown }).error;
+}
+
+/** Binds every planned tensor from the host buffer, yielding to the event loop between them. */
+async function bindAll(
+  addon: NativeAddon,
+  stage: StageHandle,
+  buffer: HostBufferHandle,
+  planned: readonly TensorInfo[],
+  plan: FetchPlan,
+  signal: AbortSignal,
+  onProgress: (bytesDone: number) => void,
+): Promise<void> {
+  let done = 0;
+  for (const t of planned) {
+    signal.throwIfAborted();
+    addon.bindTensor(stage, { name: t.name, dtype: t.dtype, shape: t.shape, buffer, offset: plan.offsets.get(t.name)! });
+    done += t.end - t.begin;
+    onProgress(done);
+    await yieldToLoop();
+  }
+}
+
+/**
+ * UnloadStage: drops an instance with its device and host copies. A loading instance has its
+ * load aborted; a ready one first has its requests cancelled and waits for them to release
+ * their sequences. Resolves to the bytes freed.
+ */
+export async function unloadInstance(deps: Pick<LoaderDeps, 'addon' | 'state' | 'logger'>, instanceId: string): Promise<number> {
+  const record = deps.state.instance(instanceId);
+  if (record === null || record.unloading) {
+    throw new WorkerError(status.NOT_FOUND, `unknown instance ${JSON.stringify(instanceId)}`);
+  }
+  record.unloading = true;
+  deps.state.changed();
+  const reason = new WorkerError(status.CANCELLED, `instance ${instanceId} was unloaded`);
+  if (record.residency === 'LOADING') {
+    record.loadAbort.abort(reason);
+    await record.loaded;
+    return 0;
+  }
+  const requests = deps.state.requestsOf(instanceId);
+  for (const r of requests) r.abort.abort(reason);
+  await Promise.all(requests.map((r) => r.done));
+  const freed = record.hostBytes + record.deviceBytes;
+  releaseNative(deps.addon, record);
+  deps.state.removeInstance(record);
+  deps.logger.info({ instance: instanceId, freedBytes: freed }, 'instance unloaded');
+  return freed;
+}

@@ -1,0 +1,193 @@
+// Starting and stopping a worker daemon: pick the compute backend, bind the gRPC service,
+// tell systemd we are ready, register with the gateway; on close, drain (in-flight requests
+// finish, new ones get UNAVAILABLE), free every instance and stop the server. The `paraserve
+// worker` CLI command and `paraserve up` call startWorker; runWorkerProcess adds the signal
+// handling of a standalone daemon process.
+import os from 'node:os';
+import * as grpc from '@grpc/grpc-js';
+import { pino, type Logger } from 'pino';
+import { loadParaserveProto } from '../../protos/load.js';
+import { chooseBackend, loadNativeAddon } from '../native/addon.js';
+import type { BackendName, NativeAddon } from '../native/addon-types.js';
+import { advertisedHost, formatAddress } from './address.js';
+import { releaseNative } from './loader.js';
+import { GatewayRegistration } from './registration.js';
+import { workerHandlers } from './service.js';
+import { workerDevices } from './snapshot.js';
+import { WorkerState } from './state.js';
+
+export interface WorkerOptions {
+  /** Stable id in the cluster; null: `<hostname>-<port>`. */
+  id: string | null;
+  /** Address to bind; also advertised to the gateway unless it is a wildcard. */
+  host: string;
+  /** gRPC port; 0 picks a free one. */
+  port: number;
+  /** Gateway to register with; null runs unregistered (tests, manual use). */
+  gatewayUrl: string | null;
+  backend: 'auto' | 'cpu' | 'cuda';
+  /** Cap of the host-memory model cache, in bytes. */
+  hostCacheBytes: number;
+  /** KV cache capacity per sequence for loads that do not ask for one. */
+  maxContext: number;
+  /** How long close() (and a Drain without deadline) waits for in-flight requests. */
+  drainTimeoutMs: number;
+  /** pino level: fatal, error, warn, info, debug, trace or silent. */
+  logLevel: string;
+}
+
+export interface RunningWorker {
+  id: string;
+  /** host:port of the gRPC service, as advertised to the gateway. */
+  address: string;
+  /** Drains, frees every instance and stops the server; idempotent. */
+  close(): Promise<void>;
+}
+
+const FETCH_CONCURRENCY = 4;
+const SNAPSHOT_DEBOUNCE_MS = 25;
+const SHUTDOWN_GRACE_MS = 2_000;
+
+function bindServer(server: grpc.Server, address: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    server.bindAsync(address, grpc.ServerCredentials.createInsecure(), (error, port) => (error ? reject(error) : resolve(port)));
+  });
+}
+
+function shutdownServer(server: grpc.Server, graceMs: number): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => {
+      server.forceShutdown();
+      resolve();
+    }, graceMs);
+    server.tryShutdown(() => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
+}
+
+function cpuFacts(): { name: string; totalBytes: number; freeBytes: number } {
+  return { name: os.cpus()[0]?.model.trim() ?? 'cpu', totalBytes: os.totalmem(), freeBytes: os.freemem() };
+}
+
+/** What a worker runs on: the native addon, the backend chosen for it, where logs go. */
+export interface WorkerRuntime {
+  addon: NativeAddon;
+  backend: BackendName;
+  logger: Logger;
+}
+
+/** Starts a worker on the native addon, with pino JSON logs on stdout. */
+export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
+  const logger = pino({ level: opts.logLevel, base: { component: 'worker', pid: process.pid } });
+  const addon = loadNativeAddon();
+  const choice = chooseBackend(opts.backend);
+  logger.info({ backend: choice.backend, reason: choice.reason, version: addon.buildInfo().version }, 'backend chosen');
+  return startWorkerWith(opts, { addon, backend: choice.backend, logger });
+}
+
+/** startWorker on a given runtime (tests pass a fake addon or a log destination). */
+export async function startWorkerWith(opts: WorkerOptions, runtime: WorkerRuntime): Promise<RunningWorker> {
+  const { addon, backend, logger } = runtime;
+  const server = new grpc.Server();
+  const bindAddress = formatAddress(opts.host, opts.port);
+  let port: number;
+  try {
+    port = await bindServer(server, bindAddress);
+  } catch (e) {
+    server.forceShutdown();
+    throw new Error(`cannot bind the worker's gRPC port at ${bindAddress}: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+  }
+  const id = opts.id ?? `${os.hostname()}-${port}`;
+  const address = formatAddress(advertisedHost(opts.host, os.networkInterfaces()), port);
+  const log = logger.child({ worker: id });
+
+  const state = new WorkerState({
+    workerId: id,
+    backend,
+    hostCacheLimit: opts.hostCacheBytes,
+    devices: (instances) => workerDevices(backend, backend === 'cpu' ? [] : addon.listDevices(backend), cpuFacts(), instances),
+    snapshotDebounceMs: SNAPSHOT_DEBOUNCE_MS,
+  });
+  server.addService(
+    loadParaserveProto().paraserve.v1.Worker.service,
+    workerHandlers({
+      addon,
+      backend,
+      state,
+      logger: log,
+      defaultMaxContext: opts.maxContext,
+      fetchConcurrency: FETCH_CONCURRENCY,
+      drainTimeoutMs: opts.drainTimeoutMs,
+    }),
+  );
+  state.setLifecycle('READY');
+  addon.notifySystemd('READY=1');
+  log.info({ address, bound: formatAddress(opts.host, port), hostCacheBytes: opts.hostCacheBytes }, 'worker ready');
+
+  let registration: GatewayRegistration | null = null;
+  let stopWatching: (() => void) | null = null;
+  if (opts.gatewayUrl !== null) {
+    const reg = new GatewayRegistration({
+      gatewayUrl: opts.gatewayUrl,
+      body: { id, address, backend },
+      adminToken: process.env['PARASERVE_ADMIN_TOKEN'] || null,
+      logger: log,
+      initialBackoffMs: 200,
+      maxBackoffMs: 10_000,
+      rewatchGraceMs: 3_000,
+      requestTimeoutMs: 10_000,
+    });
+    stopWatching = state.onWatcherCount((count) => reg.watchersChanged(count));
+    void reg.register();
+    registration = reg;
+  }
+
+  let closing: Promise<void> | null = null;
+  const close = async (): Promise<void> => {
+    addon.notifySystemd('STOPPING=1');
+    const drained = await state.drain(opts.drainTimeoutMs);
+    log.info(drained, 'drained');
+    stopWatching?.();
+    await registration?.close();
+    for (const record of state.allInstances()) {
+      releaseNative(addon, record);
+      state.removeInstance(record);
+    }
+    state.close();
+    await shutdownServer(server, SHUTDOWN_GRACE_MS);
+    log.info('worker stopped');
+  };
+  return {
+    id,
+    address,
+    close: () => {
+      closing ??= close();
+      return closing;
+    },
+  };
+}
+
+/**
+ * Runs a worker as the process's main job: SIGTERM or SIGINT drains and exits 0; a second
+ * signal during the drain exits 1 at once.
+ */
+export async function runWorkerProcess(opts: WorkerOptions): Promise<RunningWorker> {
+  const worker = await startWorker(opts);
+  let stopping = false;
+  const onSignal = (): void => {
+    if (stopping) process.exit(1);
+    stopping = true;
+    worker.close().then(
+      () => process.exit(0),
+      (e: unknown) => {
+        process.stderr.write(`worker ${worker.id}: shutdown failed: ${e instanceof Error ? e.message : String(e)}\n`);
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+  return worker;
+}

@@ -1,0 +1,140 @@
+// The Worker gRPC service of protos/paraserve.proto, as thin handlers: each one translates
+// between the proto messages and the worker's operations (loader.ts, requests.ts, state.ts)
+// and turns failures into statuses with details (errors.ts). A client that cancels a call —
+// the gateway when its HTTP client went away — aborts the work behind it.
+import { status, type ServerWritableStream } from '@grpc/grpc-js';
+import type { Logger } from 'pino';
+import type { WorkerHandlers } from '../../protos/generated/paraserve/v1/Worker.js';
+import { toStatus, WorkerError } from './errors.js';
+import { loadStage, unloadInstance, type LoaderDeps } from './loader.js';
+import { runGenerate } from './requests.js';
+
+export interface ServiceDeps extends LoaderDeps {
+  /** How long a Drain with deadline_ms 0 waits for in-flight requests. */
+  drainTimeoutMs: number;
+}
+
+const SWAP_UNIMPLEMENTED = 'model swapping arrives with the GPU-sharing issue';
+const PIPELINE_UNIMPLEMENTED = 'pipeline stages arrive with the cold-start issue';
+
+/** Ends a streaming call with the status for `error`, unless the client is gone. */
+function failStream<Req, Res>(call: ServerWritableStream<Req, Res>, error: unknown, logger: Logger): void {
+  const report = toStatus(error);
+  logger.debug({ code: report.code, details: report.details, method: call.getPath() }, 'call failed');
+  if (call.cancelled) return;
+  call.emit('error', { code: report.code, details: report.details });
+}
+
+/** An AbortSignal that fires when the client cancels the call (or disconnects). */
+function cancelSignal<Req, Res>(call: ServerWritableStream<Req, Res>): AbortSignal {
+  const controller = new AbortController();
+  if (call.cancelled) controller.abort(new WorkerError(status.CANCELLED, 'the client cancelled the call'));
+  call.on('cancelled', () => controller.abort(new WorkerError(status.CANCELLED, 'the client cancelled the call')));
+  return controller.signal;
+}
+
+/** Writes one message, waiting for the stream to drain when its buffer is full. */
+function writeWithBackpressure<Req, Res>(call: ServerWritableStream<Req, Res>, message: Res, signal: AbortSignal): Promise<void> | void {
+  if (call.cancelled || signal.aborted) return;
+  if (call.write(message)) return;
+  return new Promise((resolve) => {
+    const done = (): void => {
+      call.off('drain', done);
+      signal.removeEventListener('abort', done);
+      resolve();
+    };
+    call.on('drain', done);
+    signal.addEventListener('abort', done, { once: true });
+  });
+}
+
+export function workerHandlers(deps: ServiceDeps): WorkerHandlers {
+  const { state, logger } = deps;
+  return {
+    LoadStage(call) {
+      const signal = cancelSignal(call);
+      loadStage(deps, call.request, (progress) => void writeWithBackpressure(call, progress, signal), signal).then(
+        () => {
+          if (!call.cancelled) call.end();
+        },
+        (e: unknown) => failStream(call, e, logger),
+      );
+    },
+
+    UnloadStage(call, callback) {
+      unloadInstance(deps, call.request.instanceId).then(
+        (freedBytes) => callback(null, { freedBytes }),
+        (e: unknown) => callback(toStatus(e)),
+      );
+    },
+
+    SwapIn(_call, callback) {
+      callback({ code: status.UNIMPLEMENTED, details: SWAP_UNIMPLEMENTED });
+    },
+
+    SwapOut(_call, callback) {
+      callback({ code: status.UNIMPLEMENTED, details: SWAP_UNIMPLEMENTED });
+    },
+
+    Generate(call) {
+      const arrivedAt = performance.now();
+      const signal = cancelSignal(call);
+      const request = call.request;
+      let run;
+      try {
+        run = runGenerate(state, request, (id, index) => writeWithBackpressure(call, { token: { id, index } }, signal), signal, arrivedAt);
+      } catch (e) {
+        failStream(call, e, logger);
+        return;
+      }
+      run.then(
+        (result) => {
+          logger.debug({ request: request.requestId, instance: request.instanceId, ...result }, 'request finished');
+          if (call.cancelled) return;
+          call.write({ finish: result });
+          call.end();
+        },
+        (e: unknown) => failStream(call, e, logger),
+      );
+    },
+
+    Cancel(call, callback) {
+      const request = state.request(call.request.requestId);
+      request?.abort.abort(new WorkerError(status.CANCELLED, `request ${call.request.requestId} was cancelled`));
+      callback(null, { found: request !== null });
+    },
+
+    Drain(call, callback) {
+      const deadline = call.request.deadlineMs > 0 ? call.request.deadlineMs : deps.drainTimeoutMs;
+      logger.info({ deadlineMs: deadline }, 'draining');
+      state.drain(deadline).then(
+        (result) => {
+          logger.info(result, 'drained');
+          callback(null, result);
+        },
+        (e: unknown) => callback(toStatus(e)),
+      );
+    },
+
+    Health(_call, callback) {
+      callback(null, { workerId: state.workerId, state: state.lifecycle, backend: state.backend });
+    },
+
+    WatchEvents(call) {
+      const unsubscribe = state.subscribe({
+        onEvent: (event) => {
+          if (!call.cancelled) call.write(event);
+        },
+        onClose: () => {
+          if (!call.cancelled) call.end();
+        },
+      });
+      call.on('cancelled', unsubscribe);
+      call.on('finish', unsubscribe);
+    },
+
+    ForwardActivations(call) {
+      call.emit('error', { code: status.UNIMPLEMENTED, details: PIPELINE_UNIMPLEMENTED });
+    },
+  };
+}

@@ -1,0 +1,94 @@
+// The worker's state as the gateway sees it (WorkerSnapshot of the proto), computed from plain
+// data by pure functions: the registry (state.ts) gathers the facts, these helpers shape
+// them, and the gateway's scheduler reads the result. Keeping this pure lets tests check the
+// accounting (host cache, free device bytes, active requests) without a worker.
+import type { Device__Output } from '../../protos/generated/paraserve/v1/Device.js';
+import type { InstanceState__Output } from '../../protos/generated/paraserve/v1/InstanceState.js';
+import type { StageRange__Output } from '../../protos/generated/paraserve/v1/StageRange.js';
+import type { WorkerSnapshot__Output } from '../../protos/generated/paraserve/v1/WorkerSnapshot.js';
+import type { BackendName, DeviceInfo } from '../native/addon-types.js';
+
+export type Lifecycle = 'STARTING' | 'READY' | 'DRAINING' | 'DRAINED';
+export type Residency = 'LOADING' | 'ON_DEVICE' | 'HOST_ONLY' | 'FAILED';
+
+/** What the snapshot needs to know of one instance. */
+export interface InstanceFacts {
+  id: string;
+  model: string;
+  stage: StageRange__Output;
+  device: number;
+  residency: Residency;
+  deviceBytes: number;
+  /** Host cache bytes held (reserved from the moment a load knows its size). */
+  hostBytes: number;
+  activeRequests: number;
+  /** Why it failed; '' otherwise. */
+  error: string;
+}
+
+/** The host's CPU as a device, for the CPU backend: memory is the machine's RAM. */
+export interface CpuFacts {
+  name: string;
+  totalBytes: number;
+  freeBytes: number;
+}
+
+export interface SnapshotFacts {
+  workerId: string;
+  lifecycle: Lifecycle;
+  backend: BackendName;
+  devices: Device__Output[];
+  hostCacheLimit: number;
+  instances: readonly InstanceFacts[];
+  fetchBytesPerS: number;
+}
+
+/**
+ * The devices a snapshot reports. CPU backend: one device whose free bytes are the OS figure
+ * minus what instances hold on it — conservative, as the OS figure may already count them.
+ * CUDA: the addon's devices, whose free bytes the driver measured.
+ */
+export function workerDevices(
+  backend: BackendName,
+  nativeDevices: readonly DeviceInfo[],
+  cpu: CpuFacts,
+  instances: readonly InstanceFacts[],
+): Device__Output[] {
+  if (backend === 'cpu') {
+    const held = instances.reduce((sum, i) => sum + i.deviceBytes, 0);
+    return [{ index: 0, kind: 'cpu', name: cpu.name, totalBytes: cpu.totalBytes, freeBytes: Math.max(0, cpu.freeBytes - held) }];
+  }
+  return nativeDevices.map((d) => ({ index: d.index, kind: d.kind, name: d.name, totalBytes: d.totalBytes, freeBytes: d.freeBytes }));
+}
+
+export function instanceState(instance: InstanceFacts): InstanceState__Output {
+  return {
+    instanceId: instance.id,
+    model: instance.model,
+    stage: { ...instance.stage },
+    device: instance.device,
+    residency: instance.residency,
+    deviceBytes: instance.deviceBytes,
+    hostBytes: instance.hostBytes,
+    activeRequests: instance.activeRequests,
+    error: instance.error,
+  };
+}
+
+export function hostCacheBytes(instances: readonly InstanceFacts[]): number {
+  return instances.reduce((sum, i) => sum + i.hostBytes, 0);
+}
+
+export function buildSnapshot(facts: SnapshotFacts): WorkerSnapshot__Output {
+  return {
+    workerId: facts.workerId,
+    state: facts.lifecycle,
+    backend: facts.backend,
+    devices: facts.devices,
+    hostCacheBytes: hostCacheBytes(facts.instances),
+    hostCacheLimit: facts.hostCacheLimit,
+    instances: facts.instances.map(instanceState),
+    activeRequests: facts.instances.reduce((sum, i) => sum + i.activeRequests, 0),
+    fetchBytesPerS: facts.fetchBytesPerS,
+  };
+}
