@@ -1,0 +1,56 @@
+// `paraserve gateway`: runs the gateway daemon (OpenAI API, admin API, registry, scheduler)
+// until SIGTERM/SIGINT, then closes it and exits 0. Under systemd (Type=notify) the gateway
+// reports READY=1 once listening; under `paraserve up` this command reports its URL over IPC.
+import { Option, type Command } from 'commander';
+import { announceReady, waitForStop } from '../lifecycle.js';
+import { collectList, dataDirOption, logLevelOption, parseIntIn, parsePort, resolvePath } from '../options.js';
+import { note } from '../output.js';
+
+interface GatewayFlags {
+  host: string;
+  port: number;
+  dataDir: string;
+  apiKey: string[];
+  adminToken?: string;
+  requestTimeoutMs: number;
+  logLevel: string;
+}
+
+export function registerGatewayCommand(program: Command): void {
+  program
+    .command('gateway')
+    .description('run the gateway: OpenAI-compatible API, admin API, model registry, scheduler')
+    .addOption(new Option('--host <host>', 'address to listen on').default('127.0.0.1').env('PARASERVE_HOST'))
+    .addOption(new Option('--port <port>', 'port to listen on (0: any free port)').default(8080).argParser(parsePort).env('PARASERVE_PORT'))
+    .addOption(dataDirOption())
+    .addOption(
+      new Option('--api-key <key...>', 'API key clients must send as a Bearer token (repeatable, or comma-separated)')
+        .default([], 'none')
+        .argParser(collectList)
+        .env('PARASERVE_API_KEY'),
+    )
+    .addOption(new Option('--admin-token <token>', 'bearer token the admin API requires').env('PARASERVE_ADMIN_TOKEN'))
+    .addOption(
+      new Option('--request-timeout-ms <ms>', 'longest a client request may take')
+        .default(600_000)
+        .argParser(parseIntIn(1, 86_400_000))
+        .env('PARASERVE_REQUEST_TIMEOUT_MS'),
+    )
+    .addOption(logLevelOption())
+    .action(async (flags: GatewayFlags) => {
+      const { startGateway } = await import('../../server.js');
+      const gateway = await startGateway({
+        host: flags.host,
+        port: flags.port,
+        dataDir: resolvePath(flags.dataDir),
+        apiKeys: flags.apiKey,
+        adminToken: flags.adminToken ?? null,
+        logLevel: flags.logLevel,
+        requestTimeoutMs: flags.requestTimeoutMs,
+      });
+      announceReady({ type: 'paraserve:ready', role: 'gateway', url: gateway.url, id: null, address: null });
+      const reason = await waitForStop();
+      note(`gateway stopping (${reason})`);
+      await gateway.close();
+    });
+}

@@ -1,0 +1,69 @@
+// `paraserve worker`: runs a worker daemon (gRPC service, model loading, the native backend)
+// that registers with a gateway, until SIGTERM/SIGINT; then it drains — in-flight requests
+// finish, new ones are refused — and exits 0. The daemon itself reports READY=1 to systemd
+// once its port is bound and its backend is up; under `paraserve up` this command reports
+// the worker's id and address over IPC.
+import { Option, type Command } from 'commander';
+import { announceReady, waitForStop } from '../lifecycle.js';
+import { DEFAULT_GATEWAY_URL, logLevelOption, parseBytes, parseHttpUrl, parseIntIn, parsePort } from '../options.js';
+import { note } from '../output.js';
+
+interface WorkerFlags {
+  id?: string;
+  gateway: string;
+  host: string;
+  port: number;
+  backend: 'auto' | 'cpu' | 'cuda';
+  hostCacheBytes: number;
+  maxContext: number;
+  drainTimeoutMs: number;
+  logLevel: string;
+}
+
+export function registerWorkerCommand(program: Command): void {
+  program
+    .command('worker')
+    .description('run a worker daemon: serves model stages over gRPC and registers with a gateway')
+    .addOption(new Option('--gateway <url>', 'gateway to register with').default(DEFAULT_GATEWAY_URL).argParser(parseHttpUrl).env('PARASERVE_GATEWAY'))
+    .addOption(new Option('--id <id>', 'worker id (default: chosen by the worker)').env('PARASERVE_ID'))
+    .addOption(new Option('--host <host>', 'address to bind and to advertise to the gateway').default('127.0.0.1').env('PARASERVE_HOST'))
+    .addOption(new Option('--port <port>', 'gRPC port (0: any free port)').default(7070).argParser(parsePort).env('PARASERVE_PORT'))
+    .addOption(new Option('--backend <backend>', 'compute backend').choices(['auto', 'cpu', 'cuda']).default('auto').env('PARASERVE_BACKEND'))
+    .addOption(
+      new Option('--host-cache-bytes <size>', 'cap of the host-memory model cache, e.g. 8GiB')
+        .default(4 * 1024 ** 3, '4GiB')
+        .argParser(parseBytes)
+        .env('PARASERVE_HOST_CACHE_BYTES'),
+    )
+    .addOption(
+      new Option('--max-context <tokens>', 'KV cache capacity per sequence')
+        .default(4096)
+        .argParser(parseIntIn(16, 1_048_576))
+        .env('PARASERVE_MAX_CONTEXT'),
+    )
+    .addOption(
+      new Option('--drain-timeout-ms <ms>', 'longest a drain waits for in-flight requests on SIGTERM')
+        .default(30_000)
+        .argParser(parseIntIn(0, 3_600_000))
+        .env('PARASERVE_DRAIN_TIMEOUT_MS'),
+    )
+    .addOption(logLevelOption())
+    .action(async (flags: WorkerFlags) => {
+      const { startWorker } = await import('../../../worker/daemon/main.js');
+      const worker = await startWorker({
+        id: flags.id ?? null,
+        host: flags.host,
+        port: flags.port,
+        gatewayUrl: flags.gateway,
+        backend: flags.backend,
+        hostCacheBytes: flags.hostCacheBytes,
+        maxContext: flags.maxContext,
+        drainTimeoutMs: flags.drainTimeoutMs,
+        logLevel: flags.logLevel,
+      });
+      announceReady({ type: 'paraserve:ready', role: 'worker', url: null, id: worker.id, address: worker.address });
+      const reason = await waitForStop();
+      note(`worker ${worker.id} draining (${reason})`);
+      await worker.close();
+    });
+}
