@@ -24,6 +24,8 @@ export interface ExitInfo {
 export interface SupervisedChild {
   readonly name: string;
   readonly logFile: string;
+  /** Process id; undefined when the process could not be started. */
+  readonly pid: number | undefined;
   /** Resolves with the child's ready message; rejects if it exits first or misses the deadline. */
   ready(timeoutMs: number): Promise<ReadyMessage>;
   readonly exited: Promise<ExitInfo>;
@@ -90,6 +92,7 @@ export class Supervisor {
     const child: SupervisedChild = {
       name: spec.name,
       logFile: spec.logFile,
+      pid: proc.pid,
       exited,
       lastWords,
       ready: (timeoutMs) =>
