@@ -33,7 +33,11 @@ function countLeaves(parser) {
       }
       return;
     }
-    if (result.skip || result.todo) skipped++;
+    if (result.skip || result.todo) {
+      skipped++;
+      const why = result.skip === true || result.skip === undefined ? '' : ` — ${result.skip}`;
+      process.stdout.write(`  skipped: ${result.fullname || result.name}${why}\n`);
+    }
     else if (result.ok) passed++;
     else {
       state.failedLeaves++;
