@@ -1,0 +1,75 @@
+// The gateway's gRPC client of one worker daemon. Every call carries a deadline; the channel
+// pings every 10 s and gives up after 5 s without an answer, so a worker whose host vanishes
+// (no FIN, no RST) fails its calls within seconds instead of hanging them.
+import * as grpc from '@grpc/grpc-js';
+import { loadParaserveProto } from '../../protos/load.js';
+import type { GenerateEvent__Output } from '../../protos/generated/paraserve/v1/GenerateEvent.js';
+import type { GenerateRequest } from '../../protos/generated/paraserve/v1/GenerateRequest.js';
+import type { HealthReply__Output } from '../../protos/generated/paraserve/v1/HealthReply.js';
+import type { LoadProgress__Output } from '../../protos/generated/paraserve/v1/LoadProgress.js';
+import type { LoadStageRequest } from '../../protos/generated/paraserve/v1/LoadStageRequest.js';
+import type { UnloadStageReply__Output } from '../../protos/generated/paraserve/v1/UnloadStageReply.js';
+import type { WorkerClient } from '../../protos/generated/paraserve/v1/Worker.js';
+import type { WorkerEvent__Output } from '../../protos/generated/paraserve/v1/WorkerEvent.js';
+
+export const CHANNEL_OPTIONS: grpc.ChannelOptions = {
+  'grpc.keepalive_time_ms': 10_000,
+  'grpc.keepalive_timeout_ms': 5_000,
+  // Token streams are small, but a future pipeline may carry activations through the gateway.
+  'grpc.max_receive_message_length': 64 * 1024 * 1024,
+};
+
+function deadline(timeoutMs: number): Date {
+  return new Date(Date.now() + timeoutMs);
+}
+
+export function isServiceError(e: unknown): e is grpc.ServiceError {
+  return e instanceof Error && 'code' in e && typeof e.code === 'number' && 'details' in e;
+}
+
+/** One channel per worker; calls are multiplexed on it. */
+export class WorkerChannel {
+  private readonly client: WorkerClient;
+
+  constructor(readonly address: string) {
+    const Worker = loadParaserveProto().paraserve.v1.Worker;
+    this.client = new Worker(address, grpc.credentials.createInsecure(), CHANNEL_OPTIONS);
+  }
+
+  health(timeoutMs: number): Promise<HealthReply__Output> {
+    return new Promise((resolve, reject) => {
+      this.client.Health({}, { deadline: deadline(timeoutMs) }, (err, reply) => {
+        if (err) reject(err);
+        else if (!reply) reject(new Error('empty Health reply'));
+        else resolve(reply);
+      });
+    });
+  }
+
+  unloadStage(instanceId: string, timeoutMs: number): Promise<UnloadStageReply__Output> {
+    return new Promise((resolve, reject) => {
+      this.client.UnloadStage({ instanceId }, { deadline: deadline(timeoutMs) }, (err, reply) => {
+        if (err) reject(err);
+        else if (!reply) reject(new Error('empty UnloadStage reply'));
+        else resolve(reply);
+      });
+    });
+  }
+
+  /** Lives as long as the worker does: no deadline; cancel() ends it. Keepalive detects loss. */
+  watchEvents(): grpc.ClientReadableStream<WorkerEvent__Output> {
+    return this.client.WatchEvents({});
+  }
+
+  loadStage(req: LoadStageRequest, timeoutMs: number): grpc.ClientReadableStream<LoadProgress__Output> {
+    return this.client.LoadStage(req, { deadline: deadline(timeoutMs) });
+  }
+
+  generate(req: GenerateRequest, timeoutMs: number): grpc.ClientReadableStream<GenerateEvent__Output> {
+    return this.client.Generate(req, { deadline: deadline(timeoutMs) });
+  }
+
+  close(): void {
+    this.client.close();
+  }
+}

@@ -1,0 +1,77 @@
+// Prometheus metrics of the gateway (prom-client), on a registry of their own so several
+// gateways in one process (tests) never collide. The scheduler loop reports through the
+// LoopObserver methods; HTTP metrics come from hooks in plugins/metrics.ts.
+import client from 'prom-client';
+import type { ClusterState } from './cluster/cluster-state.js';
+import type { LoopObserver } from './scheduler/loop.js';
+
+const LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120];
+
+export class GatewayMetrics implements LoopObserver {
+  readonly registry = new client.Registry();
+  readonly httpRequests = new client.Counter({
+    name: 'paraserve_http_requests_total',
+    help: 'HTTP requests answered, by route and status',
+    labelNames: ['method', 'route', 'status'] as const,
+    registers: [this.registry],
+  });
+  readonly httpDuration = new client.Histogram({
+    name: 'paraserve_http_request_duration_seconds',
+    help: 'Time from request arrival to the end of the response (whole stream for SSE)',
+    labelNames: ['method', 'route'] as const,
+    buckets: LATENCY_BUCKETS,
+    registers: [this.registry],
+  });
+  readonly timeToFirstToken = new client.Histogram({
+    name: 'paraserve_time_to_first_token_seconds',
+    help: 'Time from request arrival to the first generated token, by model',
+    labelNames: ['model'] as const,
+    buckets: LATENCY_BUCKETS,
+    registers: [this.registry],
+  });
+  readonly tokensGenerated = new client.Counter({
+    name: 'paraserve_generated_tokens_total',
+    help: 'Tokens received from workers, by model',
+    labelNames: ['model'] as const,
+    registers: [this.registry],
+  });
+  readonly modelLoads = new client.Counter({
+    name: 'paraserve_model_loads_total',
+    help: 'LoadStage calls finished, by model and outcome',
+    labelNames: ['model', 'outcome'] as const,
+    registers: [this.registry],
+  });
+  readonly modelLoadDuration = new client.Histogram({
+    name: 'paraserve_model_load_duration_seconds',
+    help: 'Time from starting a LoadStage to READY (or failure), by model',
+    labelNames: ['model'] as const,
+    buckets: LATENCY_BUCKETS,
+    registers: [this.registry],
+  });
+
+  constructor(cluster: ClusterState) {
+    new client.Gauge({
+      name: 'paraserve_workers',
+      help: 'Registered workers, by state',
+      labelNames: ['state'] as const,
+      registers: [this.registry],
+      collect() {
+        for (const [state, n] of Object.entries(cluster.countByState())) this.set({ state }, n);
+      },
+    });
+    client.collectDefaultMetrics({ register: this.registry, prefix: 'paraserve_gateway_' });
+  }
+
+  loadFinished(model: string, outcome: 'ok' | 'error', seconds: number): void {
+    this.modelLoads.inc({ model, outcome });
+    this.modelLoadDuration.observe({ model }, seconds);
+  }
+
+  firstToken(model: string, seconds: number): void {
+    this.timeToFirstToken.observe({ model }, seconds);
+  }
+
+  tokenGenerated(model: string): void {
+    this.tokensGenerated.inc({ model });
+  }
+}

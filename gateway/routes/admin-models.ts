@@ -1,0 +1,40 @@
+// Admin API for models: register (inspect, validate, hash, store), list, delete. Deleting
+// also asks workers to drop the model's instances.
+import type { FastifyInstance } from 'fastify';
+import { prepareRegistration } from '../admin/model-registration.js';
+import { conflict, notFound } from '../errors.js';
+import { RegistryConflictError } from '../registry/registry.js';
+import { RegisterModelBody } from '../schemas/admin.js';
+import { ModelParams } from '../schemas/openai.js';
+
+export async function adminModelRoutes(app: FastifyInstance): Promise<void> {
+  app.post<{ Body: RegisterModelBody }>('/admin/models', { schema: { body: RegisterModelBody } }, async (request, reply) => {
+    const { name, source } = request.body;
+    if (app.registry.getModel(name)) throw conflict(`model '${name}' is already registered`, 'name');
+    const model = await prepareRegistration({
+      name,
+      source,
+      files: request.body.files ?? null,
+      ttftSloMs: request.body.ttftSloMs ?? null,
+    });
+    try {
+      const record = app.registry.addModel(model);
+      request.log.info({ model: name, source, bytes: record.bytes }, 'model registered');
+      return reply.status(201).send({ model: record });
+    } catch (e) {
+      if (e instanceof RegistryConflictError) throw conflict(e.message, 'name');
+      throw e;
+    }
+  });
+
+  app.get('/admin/models', { schema: {} }, async () => ({ data: app.registry.listModels() }));
+
+  app.delete<{ Params: ModelParams }>('/admin/models/*', { schema: { params: ModelParams } }, async (request) => {
+    const name = request.params['*'];
+    if (!app.registry.deleteModel(name)) throw notFound(`model '${name}' is not registered`, 'model_not_found');
+    app.catalog.forget(name);
+    app.scheduler.unloadModel(name);
+    request.log.info({ model: name }, 'model deleted');
+    return { deleted: name };
+  });
+}
