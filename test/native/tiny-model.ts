@@ -3,36 +3,12 @@
 // buffer, the way the worker does with a checkpoint. Weight values are small multiples of
 // powers of two, exactly representable in f32, f16 and bf16, so the same Float32Array
 // values feed the reference forward whatever dtype the stage is loaded from.
-import type {
-  DType,
-  NativeAddon,
-  RopeScaling,
-  StageHandle,
-  StageSpec,
-  TensorBinding,
-} from '../../worker/native/addon-types.js';
+import type { ModelConfig } from '../../worker/models/model-config.js';
+import { stageSpecFor, wholeModelRange, type StageRangeSpec as StageRange } from '../../worker/models/stage-plan.js';
+import type { DType, NativeAddon, StageHandle, StageSpec, TensorBinding } from '../../worker/native/addon-types.js';
 
-export interface TinyConfig {
-  vocabSize: number;
-  hiddenSize: number;
-  intermediateSize: number;
-  numLayers: number;
-  numAttentionHeads: number;
-  numKeyValueHeads: number;
-  headDim: number;
-  rmsNormEps: number;
-  ropeTheta: number;
-  rope: RopeScaling;
-  attentionBias: boolean;
-  tieWordEmbeddings: boolean;
-}
-
-export interface StageRange {
-  layerStart: number;
-  layerEnd: number;
-  hasEmbeddings: boolean;
-  hasHead: boolean;
-}
+/** The shape fields of a ModelConfig; the rest does not matter to the native stage. */
+export type TinyConfig = Omit<ModelConfig, 'architecture' | 'maxPositionEmbeddings' | 'dtype' | 'bosTokenId' | 'eosTokenIds'>;
 
 export interface TinyTensor {
   shape: number[];
@@ -149,36 +125,18 @@ export function makeTinyModel(config: TinyConfig, seed: number): TinyModel {
   return { config, tensors };
 }
 
+function asModelConfig(config: TinyConfig, maxContext: number): ModelConfig {
+  return { ...config, architecture: 'llama', maxPositionEmbeddings: maxContext, dtype: 'f32', bosTokenId: null, eosTokenIds: [] };
+}
+
 export function wholeRange(config: TinyConfig): StageRange {
-  return { layerStart: 0, layerEnd: config.numLayers, hasEmbeddings: true, hasHead: true };
+  return wholeModelRange(asModelConfig(config, 1));
 }
 
 export function stageSpecOf(config: TinyConfig, range: StageRange, maxContext: number): StageSpec {
-  return {
-    backend: 'cpu',
-    device: 0,
-    vocabSize: config.vocabSize,
-    hiddenSize: config.hiddenSize,
-    intermediateSize: config.intermediateSize,
-    numAttentionHeads: config.numAttentionHeads,
-    numKeyValueHeads: config.numKeyValueHeads,
-    headDim: config.headDim,
-    numLayers: config.numLayers,
-    layerStart: range.layerStart,
-    layerEnd: range.layerEnd,
-    hasEmbeddings: range.hasEmbeddings,
-    hasHead: range.hasHead,
-    tieWordEmbeddings: config.tieWordEmbeddings,
-    attentionBias: config.attentionBias,
-    rmsNormEps: config.rmsNormEps,
-    ropeTheta: config.ropeTheta,
-    rope: config.rope,
-    maxContext,
-    computeDType: 'f32',
-  };
+  return stageSpecFor(asModelConfig(config, maxContext), range, 'cpu', 0, maxContext);
 }
 
-/** Names a stage of range binds: its layers, embeddings on the first stage, norm + head on the last. */
 export function stageTensorNames(model: TinyModel, range: StageRange): string[] {
   const tied = model.config.tieWordEmbeddings;
   return [...model.tensors.keys()].filter((name) => {
