@@ -91,9 +91,9 @@ t.test('chooseDevice picks the freest device for -1 and checks indexes', async (
 
 t.test('sizeMismatches compares registered sizes (0 = not recorded)', async (t) => {
   const files = [
-    { path: 'a', size: 10, sha256: '' },
-    { path: 'b', size: 0, sha256: '' },
-    { path: 'c', size: 5, sha256: '' },
+    { path: 'a', size: 10, sha256: '', chunkBytes: 0, chunkSha256: [] },
+    { path: 'b', size: 0, sha256: '', chunkBytes: 0, chunkSha256: [] },
+    { path: 'c', size: 5, sha256: '', chunkBytes: 0, chunkSha256: [] },
   ];
   t.same(sizeMismatches(files, [10, 99, 6]), ['c is 6 bytes at the source but was registered with 5']);
 });
