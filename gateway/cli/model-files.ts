@@ -1,7 +1,7 @@
 // Model work the CLI does on the operator's machine before it talks to the gateway: turning a
 // SOURCE argument into a source URI, checking the checkpoint (inspectModel says exactly what
-// is wrong with it) and hashing its files with a progress bar, so that the gateway records
-// digests without reading the bytes again.
+// is wrong with it) and hashing its files with a progress bar (whole-file and 4 MiB chunk
+// digests in one pass), so that the gateway records digests without reading the bytes again.
 import { stat } from 'node:fs/promises';
 import { pathToFileURL } from 'node:url';
 import type { ModelFileRecord } from './admin-client.js';
@@ -10,14 +10,14 @@ import { startProgress } from './output.js';
 import { resolvePath } from './options.js';
 
 const URI_SCHEME = /^[a-zA-Z][a-zA-Z0-9+.-]*:\/\//;
-const SUPPORTED_SCHEMES = ['file:', 'http:', 'https:'];
+const SUPPORTED_SCHEMES = ['file:', 'http:', 'https:', 's3:'];
 
-/** A file://, http:// or https:// URI as given, or a local directory turned into file://. */
+/** A file://, http(s):// or s3:// URI as given, or a local directory turned into file://. */
 export async function toSourceUri(source: string): Promise<string> {
   if (URI_SCHEME.test(source)) {
     const protocol = new URL(source).protocol;
     if (!SUPPORTED_SCHEMES.includes(protocol)) {
-      throw new CliError(`unsupported model source ${source} (use a directory, file://, http:// or https://)`);
+      throw new CliError(`unsupported model source ${source} (use a directory, file://, http://, https:// or s3://)`);
     }
     return source.replace(/\/+$/, '');
   }
@@ -29,7 +29,7 @@ export async function toSourceUri(source: string): Promise<string> {
   return pathToFileURL(dir).href;
 }
 
-/** Inspects the checkpoint at uri and returns the sha256 of each file it consists of. */
+/** Inspects the checkpoint at uri and returns the sha256 of each file it consists of, and of its chunks. */
 export async function digestModel(uri: string): Promise<ModelFileRecord[]> {
   const { openModelSource } = await import('../../worker/models/source.js');
   const { inspectModel, hashModelFiles } = await import('../../worker/models/inspect.js');

@@ -65,7 +65,7 @@ if (!existsSync(cliPath)) {
       [['models', 'register', 'only-a-name'], /missing required argument 'source'/],
       [['make-model', '--out', 'x'], /--preset <name>.*not specified/],
       [['models', 'ls', '--gateway', 'ftp://x'], /http:\/\/ or https:\/\//],
-      [['models', 'register', 'm', 's3://bucket/m', '--no-hash'], /unsupported model source s3:\/\/bucket\/m/],
+      [['models', 'register', 'm', 'gs://bucket/m', '--no-hash'], /unsupported model source gs:\/\/bucket\/m/],
       [['models', 'register', 'm', join(tmpdir(), 'paraserve-no-such-model')], /is not a directory/],
     ];
     const results = await Promise.all(cases.map(([args]) => runCli(args)));

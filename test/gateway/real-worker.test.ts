@@ -39,6 +39,7 @@ t.test('gateway + real CPU worker', { skip: addonError ?? false }, async (t) => 
     maxContext: 4096,
     drainTimeoutMs: 2_000,
     logLevel: 'silent',
+    fetchBandwidthBytesPerS: null,
   });
   t.teardown(() => worker.close());
   await ready;

@@ -164,7 +164,7 @@ t.test('wrong Content-Range is refused', async (t) => {
 });
 
 t.test('unsupported and invalid URIs', async (t) => {
-  t.throws(() => openModelSource('s3://bucket/model'), { name: 'ModelFormatError', code: 'unsupported', message: /unsupported source scheme s3:\/\// });
+  t.throws(() => openModelSource('gs://bucket/model'), { name: 'ModelFormatError', code: 'unsupported', message: /unsupported source scheme gs:\/\// });
   t.throws(() => openModelSource('not a uri'), { name: 'ModelFormatError', message: /invalid model source URI/ });
 });
 

@@ -37,6 +37,7 @@ const options: WorkerOptions = {
   maxContext: 256,
   drainTimeoutMs: 5_000,
   logLevel: 'silent',
+  fetchBandwidthBytesPerS: null,
 };
 
 const scratch = await tempDir('fake-worker');

@@ -61,6 +61,7 @@ t.test('a worker registers with retries, the admin token, and again when unwatch
     maxContext: 64,
     drainTimeoutMs: 1000,
     logLevel: 'silent',
+    fetchBandwidthBytesPerS: null,
   });
   const client = workerClient(worker.address);
   t.teardown(async () => {

@@ -9,6 +9,7 @@ import type { PhaseEvent__Output } from '../../protos/generated/paraserve/v1/Pha
 import type { WorkerEvent__Output } from '../../protos/generated/paraserve/v1/WorkerEvent.js';
 import type { WorkerSnapshot__Output } from '../../protos/generated/paraserve/v1/WorkerSnapshot.js';
 import { status } from '@grpc/grpc-js';
+import type { FetchLimiter } from '../models/throttle.js';
 import type { BackendName, HostBufferHandle, StageHandle } from '../native/addon-types.js';
 import type { StageRunner } from '../engine/generator.js';
 import { WorkerError, type StatusReport } from './errors.js';
@@ -62,6 +63,8 @@ export interface WorkerStateOptions {
   devices: (instances: readonly InstanceFacts[]) => Device__Output[];
   /** Snapshots are sent at most this often while changes keep coming. */
   snapshotDebounceMs: number;
+  /** Paces and measures every fetch of the worker's loads. */
+  fetchLimiter: FetchLimiter;
 }
 
 export interface DrainResult {
@@ -73,6 +76,7 @@ export class WorkerState {
   readonly workerId: string;
   readonly backend: BackendName;
   readonly hostCacheLimit: number;
+  readonly fetchLimiter: FetchLimiter;
   private lifecycleState: Lifecycle = 'STARTING';
   private readonly instances = new Map<string, InstanceRecord>();
   private readonly requests = new Map<string, ActiveRequest>();
@@ -91,6 +95,7 @@ export class WorkerState {
     this.hostCacheLimit = options.hostCacheLimit;
     this.devices = options.devices;
     this.debounceMs = options.snapshotDebounceMs;
+    this.fetchLimiter = options.fetchLimiter;
   }
 
   get lifecycle(): Lifecycle {
@@ -263,7 +268,7 @@ export class WorkerState {
       devices: this.devices(instances),
       hostCacheLimit: this.hostCacheLimit,
       instances,
-      fetchBytesPerS: this.fetchRate,
+      fetchBytesPerS: this.fetchLimiter.measuredBytesPerSecond() || this.fetchRate,
     });
   }
 

@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { type Dispatcher, getGlobalDispatcher, interceptors, request } from 'undici';
 import { ModelFormatError } from './errors.js';
+import { openS3Source } from './source-s3.js';
 
 /**
  * Read access to the files of one model directory. Paths are relative to `uri` ("config.json",
@@ -40,7 +41,7 @@ export interface ModelSourceReader {
 }
 
 export interface ModelSourceOptions {
-  /** HTTP: longest wait for response headers, and between two body chunks. */
+  /** HTTP and S3: longest wait for a connection or response headers, and between two body chunks. */
   timeoutMs: number;
 }
 
@@ -48,7 +49,7 @@ export const DEFAULT_SOURCE_OPTIONS: ModelSourceOptions = { timeoutMs: 30_000 };
 
 const FILE_CHUNK_BYTES = 1 << 20;
 
-/** Opens a model directory: file:///dir, http://host/dir or https://host/dir. */
+/** Opens a model directory: file:///dir, http://host/dir, https://host/dir or s3://bucket/prefix. */
 export function openModelSource(uri: string, options: ModelSourceOptions | null = null): ModelSourceReader {
   let url: URL;
   try {
@@ -63,9 +64,11 @@ export function openModelSource(uri: string, options: ModelSourceOptions | null 
     case 'http:':
     case 'https:':
       return new HttpSource(uri, url, opts);
+    case 's3:':
+      return openS3Source(uri, url, opts);
     default:
       throw new ModelFormatError(
-        `unsupported source scheme ${url.protocol.replace(/:$/, '')}:// in ${uri} (supported: file://, http://, https://)`,
+        `unsupported source scheme ${url.protocol.replace(/:$/, '')}:// in ${uri} (supported: file://, http://, https://, s3://)`,
         null,
         'unsupported',
       );
@@ -83,23 +86,23 @@ export function isSafeRelativePath(path: string): boolean {
   );
 }
 
-function checkPath(path: string): void {
+export function checkPath(path: string): void {
   if (!isSafeRelativePath(path)) {
     throw new ModelFormatError(`invalid model file path ${JSON.stringify(path)}`, path, 'invalid');
   }
 }
 
-function checkRange(path: string, start: number, end: number): void {
+export function checkRange(path: string, start: number, end: number): void {
   if (!Number.isSafeInteger(start) || !Number.isSafeInteger(end) || start < 0 || end < start) {
     throw new ModelFormatError(`invalid byte range [${start}, ${end}) of ${path}`, path, 'invalid');
   }
 }
 
-function missing(path: string, uri: string): ModelFormatError {
+export function missing(path: string, uri: string): ModelFormatError {
   return new ModelFormatError(`missing file ${path} at ${uri}`, path, 'missing_file');
 }
 
-function shortRead(path: string, uri: string, start: number, end: number, got: number): ModelFormatError {
+export function shortRead(path: string, uri: string, start: number, end: number, got: number): ModelFormatError {
   return new ModelFormatError(
     `short read of ${path} at ${uri}: got ${got} of the ${end - start} bytes [${start}, ${end}) (file truncated?)`,
     path,
@@ -107,7 +110,7 @@ function shortRead(path: string, uri: string, start: number, end: number, got: n
   );
 }
 
-function errorCode(e: unknown): string | null {
+export function errorCode(e: unknown): string | null {
   if (typeof e !== 'object' || e === null) return null;
   const code = (e as { code?: unknown }).code;
   if (typeof code === 'string') return code;
@@ -423,7 +426,7 @@ class HttpSource implements ModelSourceReader {
  * of onChunk pass unchanged; an aborted signal rejects with its reason. The stream is closed
  * whichever way this ends.
  */
-async function pump(
+export async function pump(
   stream: AsyncIterable<Uint8Array>,
   start: number,
   end: number,
@@ -453,7 +456,7 @@ async function pump(
   }
 }
 
-function concat(chunks: Uint8Array[], total: number): Uint8Array {
+export function concat(chunks: Uint8Array[], total: number): Uint8Array {
   const out = new Uint8Array(total);
   let at = 0;
   for (const chunk of chunks) {

@@ -3,7 +3,7 @@
 // finish, new ones are refused — and exits 0. The daemon itself reports READY=1 to systemd
 // once its port is bound and its backend is up; under `paraserve up` this command reports
 // the worker's id and address over IPC.
-import { Option, type Command } from 'commander';
+import { InvalidArgumentError, Option, type Command } from 'commander';
 import { announceReady, waitForStop } from '../lifecycle.js';
 import { DEFAULT_GATEWAY_URL, logLevelOption, parseBytes, parseHttpUrl, parseIntIn, parsePort } from '../options.js';
 import { note } from '../output.js';
@@ -18,6 +18,33 @@ interface WorkerFlags {
   maxContext: number;
   drainTimeoutMs: number;
   logLevel: string;
+  fetchBandwidth: number | null;
+}
+
+const BIT_SCALES: Record<string, number> = { '': 1, k: 1e3, m: 1e6, g: 1e9, t: 1e12 };
+const BANDWIDTH_HINT = 'expected a bandwidth such as 10Gbit, 100MB or 1.25GB (per second), or unlimited';
+
+/**
+ * A fetch bandwidth in bytes per second: bits ("10Gbit", "800Mbit/s", "1Gbps"; a lowercase b
+ * is bits) or bytes as parseBytes reads them ("100MB", "1.25GB/s", "512MiB"); "unlimited" or
+ * "0": no cap (null).
+ */
+export function parseBandwidth(value: string): number | null {
+  const rate = value.trim().replace(/\/s$|ps$/i, '');
+  if (/^(unlimited|none|0)$/i.test(rate)) return null;
+  const bits = /^(\d+(?:\.\d+)?)\s*([kmgt]?)(?:bit|b)$/.exec(rate.toLowerCase());
+  let bytes: number;
+  if (bits !== null && !rate.endsWith('B')) {
+    bytes = Math.floor((Number(bits[1]) * (BIT_SCALES[bits[2] ?? ''] ?? Number.NaN)) / 8);
+  } else {
+    try {
+      bytes = parseBytes(rate);
+    } catch {
+      throw new InvalidArgumentError(BANDWIDTH_HINT);
+    }
+  }
+  if (!(bytes > 0) || !Number.isSafeInteger(bytes)) throw new InvalidArgumentError(BANDWIDTH_HINT);
+  return bytes;
 }
 
 export function registerWorkerCommand(program: Command): void {
@@ -47,6 +74,12 @@ export function registerWorkerCommand(program: Command): void {
         .argParser(parseIntIn(0, 3_600_000))
         .env('PARASERVE_DRAIN_TIMEOUT_MS'),
     )
+    .addOption(
+      new Option('--fetch-bandwidth <rate>', 'cap on the bytes per second of all model fetches, e.g. 10Gbit, 100MB or 1.25GB (per second)')
+        .default(null, 'unlimited')
+        .argParser(parseBandwidth)
+        .env('PARASERVE_FETCH_BANDWIDTH'),
+    )
     .addOption(logLevelOption())
     .action(async (flags: WorkerFlags) => {
       const { startWorker } = await import('../../../worker/daemon/main.js');
@@ -60,6 +93,7 @@ export function registerWorkerCommand(program: Command): void {
         maxContext: flags.maxContext,
         drainTimeoutMs: flags.drainTimeoutMs,
         logLevel: flags.logLevel,
+        fetchBandwidthBytesPerS: flags.fetchBandwidth,
       });
       announceReady({ type: 'paraserve:ready', role: 'worker', url: null, id: worker.id, address: worker.address });
       const reason = await waitForStop();
