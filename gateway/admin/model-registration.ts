@@ -2,18 +2,30 @@
 // form a model paraserve can serve (config, safetensors, tokenizer — inspectModel says what is
 // wrong otherwise), and the file list with digests matches what is there. When the caller
 // sends no digests the gateway hashes the files itself (slow for big models: the CLI hashes
-// locally with a progress bar and sends them).
+// locally with a progress bar and sends them). Digests a caller sends are trusted, as the
+// operator is; but every stored file must carry chunk hashes (workers verify stage ranges
+// against them), so files declared without chunks are read here, their chunks computed and
+// their whole-file digest checked on the way.
 import { ModelFormatError } from '../../worker/models/errors.js';
-import { hashModelFiles, inspectModel, type ModelInspection } from '../../worker/models/inspect.js';
+import { chunkCount, hashModelFiles, inspectModel, type ModelInspection } from '../../worker/models/inspect.js';
 import { openModelSource, type ModelSourceReader } from '../../worker/models/source.js';
 import { ModelTokenizer } from '../../worker/models/tokenizer.js';
 import { badRequest } from '../errors.js';
 import type { ModelFileRecord, NewModel } from '../registry/registry.js';
 
+/** A file as the caller declares it; chunk fields both null when the caller computed none. */
+export interface DeclaredModelFile {
+  path: string;
+  size: number;
+  sha256: string;
+  chunkBytes: number | null;
+  chunkSha256: string[] | null;
+}
+
 export interface RegistrationRequest {
   name: string;
   source: string;
-  files: ModelFileRecord[] | null;
+  files: DeclaredModelFile[] | null;
   ttftSloMs: number | null;
 }
 
@@ -29,7 +41,7 @@ function sourceError(source: string, e: unknown): Error {
   return badRequest(`cannot read model source '${source}': ${message(e)}`, 'source', 'source_unreachable');
 }
 
-function checkDeclaredFiles(declared: ModelFileRecord[], actual: { path: string; size: number }[]): void {
+function checkDeclaredFiles(declared: DeclaredModelFile[], actual: { path: string; size: number }[]): void {
   const byPath = new Map(declared.map((f) => [f.path, f]));
   for (const f of actual) {
     const d = byPath.get(f.path);
@@ -38,6 +50,47 @@ function checkDeclaredFiles(declared: ModelFileRecord[], actual: { path: string;
       throw badRequest(`files gives '${f.path}' ${d.size} bytes; the source has ${f.size}`, 'files', 'files_mismatch');
     }
   }
+}
+
+/** The declared chunk hashes, checked for shape; null when the file declares none. */
+function declaredChunks(f: DeclaredModelFile): ModelFileRecord | null {
+  if (f.chunkBytes === null && f.chunkSha256 === null) return null;
+  if (f.chunkBytes === null || f.chunkSha256 === null) {
+    throw badRequest(`files entry '${f.path}' must give both chunkBytes and chunkSha256, or neither`, 'files', 'files_mismatch');
+  }
+  const expected = chunkCount(f.size, f.chunkBytes);
+  if (f.chunkSha256.length !== expected) {
+    throw badRequest(
+      `files entry '${f.path}' has ${f.chunkSha256.length} chunk hashes; ${f.size} bytes in chunks of ${f.chunkBytes} make ${expected}`,
+      'files',
+      'files_mismatch',
+    );
+  }
+  return { path: f.path, size: f.size, sha256: f.sha256, chunkBytes: f.chunkBytes, chunkSha256: f.chunkSha256 };
+}
+
+/** Declared files with chunk hashes as given; the others hashed from the source, digests compared. */
+async function completeDeclaredFiles(source: ModelSourceReader, sourceUri: string, declared: DeclaredModelFile[]): Promise<ModelFileRecord[]> {
+  const complete = declared.map(declaredChunks);
+  const missing = declared.filter((_, i) => complete[i] === null);
+  let hashed: ModelFileRecord[] = [];
+  if (missing.length > 0) {
+    try {
+      hashed = await hashModelFiles(source, missing, null);
+    } catch (e) {
+      throw sourceError(sourceUri, e);
+    }
+  }
+  const byPath = new Map(hashed.map((h) => [h.path, h]));
+  return declared.map((f, i) => {
+    const given = complete[i];
+    if (given) return given;
+    const computed = byPath.get(f.path)!;
+    if (computed.sha256 !== f.sha256) {
+      throw badRequest(`files gives '${f.path}' sha256 ${f.sha256}; the source has ${computed.sha256}`, 'files', 'files_mismatch');
+    }
+    return computed;
+  });
 }
 
 function parameterCount(inspection: ModelInspection): number {
@@ -63,7 +116,7 @@ export async function prepareRegistration(req: RegistrationRequest): Promise<New
   let files: ModelFileRecord[];
   if (req.files) {
     checkDeclaredFiles(req.files, inspection.files);
-    files = req.files;
+    files = await completeDeclaredFiles(source, req.source, req.files);
   } else {
     try {
       files = await hashModelFiles(source, inspection.files, null);

@@ -39,6 +39,13 @@ const MIGRATIONS: readonly Migration[] = [
       );
     `,
   },
+  {
+    // Chunk hashes of each file (see worker/models/inspect.ts), kept beside files_json so a
+    // model listing stays small: {"<path>": {"chunkBytes": n, "chunkSha256": [hex, ...]}}.
+    // NULL for models registered before chunks were recorded; their loads verify nothing.
+    version: 2,
+    sql: `ALTER TABLE models ADD COLUMN file_chunks_json TEXT;`,
+  },
 ];
 
 export const REGISTRY_SCHEMA_VERSION = MIGRATIONS[MIGRATIONS.length - 1]!.version;

@@ -1,7 +1,8 @@
 // What the operator registered and what outlives a gateway restart: models (with everything
 // serving needs — config, tokenizer, chat template — so no source is re-fetched) and API keys
 // (as sha256 digests only). Synchronous on purpose: better-sqlite3 answers a primary-key
-// lookup in microseconds, faster than any async round trip.
+// lookup in microseconds, faster than any async round trip. Chunk hashes (thousands per large
+// model) live in their own column and are parsed once per model, not on every lookup.
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import type Database from 'better-sqlite3';
 import { openRegistryDatabase } from './database.js';
@@ -10,7 +11,14 @@ export interface ModelFileRecord {
   path: string;
   size: number;
   sha256: string;
+  /** Size of the hashed pieces of the file; 0 when none were recorded (registered before chunks). */
+  chunkBytes: number;
+  /** sha256 (hex) of each chunkBytes piece, in file order; empty when chunkBytes is 0. */
+  chunkSha256: string[];
 }
+
+/** file_chunks_json: chunk hashes by file path. */
+type FileChunks = Record<string, { chunkBytes: number; chunkSha256: string[] }>;
 
 /** A registered model as the admin API and CLI show it. */
 export interface ModelRecord {
@@ -72,6 +80,7 @@ interface ModelRow {
   created_at: string;
 }
 
+/** Columns of ModelRow; file_chunks_json is read separately (see chunksOf). */
 const MODEL_COLUMNS =
   'name, source, files_json, architecture, parameters, bytes, layers, context_length, ttft_slo_ms, created_at';
 
@@ -83,7 +92,8 @@ function isUniqueViolation(e: unknown): boolean {
   return e instanceof Error && 'code' in e && String(e.code).startsWith('SQLITE_CONSTRAINT');
 }
 
-function toRecord(row: ModelRow): ModelRecord {
+function toRecord(row: ModelRow, chunks: FileChunks): ModelRecord {
+  const files = JSON.parse(row.files_json) as { path: string; size: number; sha256: string }[];
   return {
     name: row.name,
     source: row.source,
@@ -94,13 +104,21 @@ function toRecord(row: ModelRow): ModelRecord {
     contextLength: row.context_length,
     ttftSloMs: row.ttft_slo_ms,
     createdAt: row.created_at,
-    files: JSON.parse(row.files_json) as ModelFileRecord[],
+    files: files.map((f) => ({
+      path: f.path,
+      size: f.size,
+      sha256: f.sha256,
+      chunkBytes: chunks[f.path]?.chunkBytes ?? 0,
+      chunkSha256: chunks[f.path]?.chunkSha256 ?? [],
+    })),
   };
 }
 
 export class Registry {
   /** Digests of the stored keys, cached: auth reads them on every request. */
   private keyDigests: Buffer[];
+  /** Parsed file_chunks_json by model name, valid while created_at matches. */
+  private readonly chunkCache = new Map<string, { createdAt: string; chunks: FileChunks }>();
 
   private constructor(private readonly db: Database.Database) {
     this.keyDigests = this.loadKeyDigests();
@@ -116,14 +134,21 @@ export class Registry {
     try {
       this.db
         .prepare(
-          `INSERT INTO models (name, source, files_json, config_json, tokenizer_json, tokenizer_config_json,
+          `INSERT INTO models (name, source, files_json, file_chunks_json, config_json, tokenizer_json, tokenizer_config_json,
              eos_token_ids_json, architecture, parameters, layers, context_length, ttft_slo_ms, bytes, created_at)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
         )
         .run(
           m.name,
           m.source,
-          JSON.stringify(m.files),
+          JSON.stringify(m.files.map((f) => ({ path: f.path, size: f.size, sha256: f.sha256 }))),
+          JSON.stringify(
+            Object.fromEntries(
+              m.files
+                .filter((f) => f.chunkBytes > 0)
+                .map((f) => [f.path, { chunkBytes: f.chunkBytes, chunkSha256: f.chunkSha256 }]),
+            ),
+          ),
           m.configJson,
           m.tokenizerJson,
           m.tokenizerConfigJson,
@@ -149,7 +174,7 @@ export class Registry {
     const row = this.db.prepare(`SELECT ${MODEL_COLUMNS} FROM models WHERE name = ?`).get(name) as
       | ModelRow
       | undefined;
-    return row ? toRecord(row) : null;
+    return row ? toRecord(row, this.chunksOf(row)) : null;
   }
 
   getModelArtifacts(name: string): ModelArtifacts | null {
@@ -169,10 +194,11 @@ export class Registry {
 
   listModels(): ModelRecord[] {
     const rows = this.db.prepare(`SELECT ${MODEL_COLUMNS} FROM models ORDER BY name`).all() as ModelRow[];
-    return rows.map(toRecord);
+    return rows.map((row) => toRecord(row, this.chunksOf(row)));
   }
 
   deleteModel(name: string): boolean {
+    this.chunkCache.delete(name);
     return this.db.prepare('DELETE FROM models WHERE name = ?').run(name).changes > 0;
   }
 
@@ -221,6 +247,18 @@ export class Registry {
 
   close(): void {
     this.db.close();
+  }
+
+  /** Chunk hashes of a model's files; NULL (registered before schema 2) reads as none. */
+  private chunksOf(row: ModelRow): FileChunks {
+    const cached = this.chunkCache.get(row.name);
+    if (cached && cached.createdAt === row.created_at) return cached.chunks;
+    const stored = this.db.prepare('SELECT file_chunks_json FROM models WHERE name = ?').get(row.name) as
+      | { file_chunks_json: string | null }
+      | undefined;
+    const chunks = stored?.file_chunks_json ? (JSON.parse(stored.file_chunks_json) as FileChunks) : {};
+    this.chunkCache.set(row.name, { createdAt: row.created_at, chunks });
+    return chunks;
   }
 
   private loadKeyDigests(): Buffer[] {

@@ -14,7 +14,8 @@ export async function adminModelRoutes(app: FastifyInstance): Promise<void> {
     const model = await prepareRegistration({
       name,
       source,
-      files: request.body.files ?? null,
+      files:
+        request.body.files?.map((f) => ({ ...f, chunkBytes: f.chunkBytes ?? null, chunkSha256: f.chunkSha256 ?? null })) ?? null,
       ttftSloMs: request.body.ttftSloMs ?? null,
     });
     try {

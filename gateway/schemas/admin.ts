@@ -11,7 +11,11 @@ export const ModelFileInput = Type.Object({
   path: Type.String({ minLength: 1 }),
   size: Type.Integer({ minimum: 0 }),
   sha256: Type.String({ pattern: '^[0-9a-f]{64}$' }),
+  /** Both or neither; without them the gateway reads the file to compute them. */
+  chunkBytes: Type.Optional(Type.Integer({ minimum: 1, maximum: 0xffffffff })),
+  chunkSha256: Type.Optional(Type.Array(Type.String({ pattern: '^[0-9a-f]{64}$' }))),
 });
+export type ModelFileInput = Static<typeof ModelFileInput>;
 
 export const RegisterModelBody = Type.Object({
   name: Type.String({ pattern: MODEL_NAME_PATTERN }),

@@ -88,7 +88,7 @@ function record(source: string): ModelRecord {
     contextLength: 1,
     ttftSloMs: null,
     createdAt: '2025-01-01T00:00:00Z',
-    files: [{ path: 'config.json', size: 1, sha256: 'a'.repeat(64) }],
+    files: [{ path: 'config.json', size: 1, sha256: 'a'.repeat(64), chunkBytes: 0, chunkSha256: [] }],
   };
 }
 

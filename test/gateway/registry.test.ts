@@ -10,7 +10,7 @@ function newModel(name: string): NewModel {
   return {
     name,
     source: 'file:///models/tiny',
-    files: [{ path: 'model.safetensors', size: 10, sha256: 'a'.repeat(64) }],
+    files: [{ path: 'model.safetensors', size: 10, sha256: 'a'.repeat(64), chunkBytes: 4, chunkSha256: ['b'.repeat(64), 'c'.repeat(64), 'd'.repeat(64)] }],
     configJson: '{"model_type":"llama"}',
     tokenizerJson: '{"model":{}}',
     tokenizerConfigJson: '{"chat_template":"x"}',

@@ -47,12 +47,15 @@ t.test('planFetch coalesces contiguous tensors, splits long spans, aligns spans'
     ],
     { maxRangeBytes: 32, alignment: 16 },
   );
-  t.same(plan.ranges, [
-    { file: 'x', begin: 100, end: 130, bufferOffset: 0 },
-    { file: 'x', begin: 200, end: 232, bufferOffset: 32 },
-    { file: 'x', begin: 232, end: 250, bufferOffset: 64 },
-    { file: 'y', begin: 8, end: 12, bufferOffset: 96 },
-  ]);
+  const whole = (file: string, begin: number, end: number, bufferOffset: number) => ({
+    file,
+    begin,
+    end,
+    targets: [{ begin, end, bufferOffset }],
+    chunks: [],
+  });
+  t.same(plan.ranges, [whole('x', 100, 130, 0), whole('x', 200, 232, 32), whole('x', 232, 250, 64), whole('y', 8, 12, 96)]);
+  t.same(plan.unverifiedFiles, ['x', 'y']);
   t.same([...plan.offsets], [
     ['a', 0],
     ['b', 10],
@@ -61,6 +64,7 @@ t.test('planFetch coalesces contiguous tensors, splits long spans, aligns spans'
   ]);
   t.equal(plan.totalBytes, 100);
   t.equal(plan.fetchBytes, 30 + 50 + 4);
+  t.equal(plan.tensorBytes, 30 + 50 + 4);
 });
 
 t.test('resolveStage: absent stage is the whole model; ranges are checked', async (t) => {

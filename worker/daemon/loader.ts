@@ -5,6 +5,11 @@
 // Overlapping fetch, copy and init per layer arrives with the cold-start issue; this version
 // runs the phases one after the other. A load that fails or is aborted leaves nothing behind:
 // the stage is disposed, the buffer freed, the instance reported FAILED and then removed.
+// Integrity: files registered with chunk hashes are fetched in whole chunks, each verified as
+// it completes; a chunk that fails is fetched once more, and failing again fails the load with
+// DATA_LOSS. Binding starts only after every chunk verified, so an instance never serves
+// unverified bytes (files registered without chunks load unverified, with a warning).
+import { createHash } from 'node:crypto';
 import { setImmediate as yieldToLoop } from 'node:timers/promises';
 import { status } from '@grpc/grpc-js';
 import type { Logger } from 'pino';
@@ -16,11 +21,20 @@ import type { ModelConfig } from '../models/model-config.js';
 import { parseModelConfig } from '../models/config.js';
 import { readCheckpointTensors, type TensorInfo } from '../models/safetensors.js';
 import { openModelSource, type ModelSourceReader } from '../models/source.js';
+import { throttledSource } from '../models/throttle.js';
 import { planStageTensors, stageSpecFor, type StageRangeSpec } from '../models/stage-plan.js';
 import type { BackendName, DeviceInfo, HostBufferHandle, NativeAddon, StageHandle } from '../native/addon-types.js';
 import { nativeStageRunner } from '../engine/generator.js';
 import { toStatus, WorkerError, type StatusReport } from './errors.js';
-import { defaultFetchPlanOptions, planFetch, type FetchPlan } from './fetch-plan.js';
+import {
+  defaultFetchPlanOptions,
+  planFetch,
+  subRange,
+  type FetchChunk,
+  type FetchPlan,
+  type FetchRange,
+  type FileChunkHashes,
+} from './fetch-plan.js';
 import type { InstanceRecord, WorkerState } from './state.js';
 
 export type LoadPhase = 'FETCH' | 'COPY' | 'INIT' | 'READY';
@@ -108,6 +122,30 @@ export function sizeMismatches(registered: readonly ModelFile__Output[], actual:
   );
 }
 
+const SHA256_HEX = /^[0-9a-f]{64}$/;
+
+/**
+ * Pure: the chunk hashes of the registered files that have them, by path, or what is wrong
+ * with them. Files with chunk_bytes 0 are absent (loaded unverified).
+ */
+export function registeredChunks(files: readonly ModelFile__Output[]): Map<string, FileChunkHashes> | string {
+  const out = new Map<string, FileChunkHashes>();
+  for (const f of files) {
+    if (f.chunkBytes === 0) {
+      if (f.chunkSha256.length > 0) return `${f.path}: chunk_sha256 given without chunk_bytes`;
+      continue;
+    }
+    const expected = Math.ceil(f.size / f.chunkBytes);
+    if (f.chunkSha256.length !== expected) {
+      return `${f.path}: ${f.chunkSha256.length} chunk hashes, but ${f.size} bytes in chunks of ${f.chunkBytes} make ${expected}`;
+    }
+    const bad = f.chunkSha256.findIndex((h) => !SHA256_HEX.test(h));
+    if (bad !== -1) return `${f.path}: chunk_sha256[${bad}] is not a lowercase hex sha256`;
+    out.set(f.path, { size: f.size, chunkBytes: f.chunkBytes, sha256: f.chunkSha256 });
+  }
+  return out;
+}
+
 function invalid(message: string): WorkerError {
   return new WorkerError(status.INVALID_ARGUMENT, message);
 }
@@ -154,6 +192,8 @@ export async function loadStage(
   if (typeof resolved === 'string') throw invalid(resolved);
   const device = chooseDevice(request.device, deps.addon.listDevices(deps.backend));
   if (typeof device === 'string') throw invalid(device);
+  const chunks = registeredChunks(request.source.files);
+  if (typeof chunks === 'string') throw invalid(`source.files: ${chunks}`);
 
   let settle: (failure: StatusReport | null) => void = () => undefined;
   const record: InstanceRecord = {
@@ -187,13 +227,16 @@ export async function loadStage(
     deps.state.emitPhase({ instanceId: record.id, phase: name, ended, atMs: elapsed() });
 
   try {
-    const source = openModelSource(request.source.uri);
+    const source = throttledSource(openModelSource(request.source.uri), deps.state.fetchLimiter);
     await verifySizes(source, request.source.files);
     signal.throwIfAborted();
     const tensors = await readCheckpointTensors(source);
     signal.throwIfAborted();
     const planned = planStageTensors(tensors, config, resolved.spec);
-    const plan = planFetch(planned, defaultFetchPlanOptions);
+    const plan = planFetch(planned, defaultFetchPlanOptions, chunks);
+    if (plan.unverifiedFiles.length > 0) {
+      log.warn({ files: plan.unverifiedFiles }, 'loading unverified bytes: these files were registered without chunk hashes');
+    }
 
     deps.state.reserveHostBytes(record, plan.totalBytes);
     record.hostBuffer = deps.addon.allocHostBuffer(plan.totalBytes, true);
@@ -201,7 +244,7 @@ export async function loadStage(
     phase('FETCH', false);
     report('FETCH', 0, plan.fetchBytes);
     const fetchStarted = performance.now();
-    await fetchInto(deps, source, plan, record.hostBuffer, signal, (done) => report('FETCH', done, plan.fetchBytes));
+    await fetchInto(deps, log, source, plan, record.hostBuffer, signal, (done) => report('FETCH', done, plan.fetchBytes));
     const fetchSeconds = (performance.now() - fetchStarted) / 1000;
     if (fetchSeconds > 0) deps.state.recordFetchRate(plan.fetchBytes / fetchSeconds);
     phase('FETCH', true);
@@ -213,7 +256,7 @@ export async function loadStage(
 
     phase('COPY', false);
     await bindAll(deps.addon, record.nativeStage, record.hostBuffer, planned, plan, signal, (done) =>
-      report('COPY', done, plan.fetchBytes),
+      report('COPY', done, plan.tensorBytes),
     );
     signal.throwIfAborted();
     const missing = deps.addon.missingTensors(record.nativeStage);
@@ -259,13 +302,107 @@ async function verifySizes(source: ModelSourceReader, files: readonly ModelFile_
   }
 }
 
+/** A chunk whose bytes did not hash to the registered digest. */
+interface ChunkFailure {
+  chunk: FetchChunk;
+  actual: string;
+}
+
+/**
+ * Fetches one range: copies the bytes its targets need into the buffer and hashes each of its
+ * chunks as it completes. Resolves to the chunks that failed verification (a stream that ends
+ * early fails the chunks it did not complete).
+ */
+async function fetchRange(
+  addon: NativeAddon,
+  source: ModelSourceReader,
+  range: FetchRange,
+  buffer: HostBufferHandle,
+  signal: AbortSignal,
+): Promise<ChunkFailure[]> {
+  const failures: ChunkFailure[] = [];
+  let expectedOffset = range.begin;
+  let target = 0;
+  let chunk = 0;
+  let hash = createHash('sha256');
+  let hashed = 0;
+  await source.streamRange(
+    range.file,
+    range.begin,
+    range.end,
+    (piece, offset) => {
+      if (signal.aborted) return;
+      if (offset !== expectedOffset) {
+        throw new WorkerError(status.INTERNAL, `${range.file}: the source sent bytes at ${offset}, expected ${expectedOffset}`);
+      }
+      expectedOffset += piece.length;
+      const pieceEnd = offset + piece.length;
+      while (target < range.targets.length && range.targets[target]!.end <= offset) target++;
+      for (let k = target; k < range.targets.length && range.targets[k]!.begin < pieceEnd; k++) {
+        const t = range.targets[k]!;
+        const from = Math.max(t.begin, offset);
+        const to = Math.min(t.end, pieceEnd);
+        if (from < to) addon.writeHostBuffer(buffer, t.bufferOffset + (from - t.begin), piece.subarray(from - offset, to - offset));
+      }
+      for (let at = 0; at < piece.length && chunk < range.chunks.length; ) {
+        const c = range.chunks[chunk]!;
+        const take = Math.min(piece.length - at, c.end - c.begin - hashed);
+        hash.update(piece.subarray(at, at + take));
+        hashed += take;
+        at += take;
+        if (hashed === c.end - c.begin) {
+          const actual = hash.digest('hex');
+          if (actual !== c.sha256) failures.push({ chunk: c, actual });
+          chunk++;
+          hash = createHash('sha256');
+          hashed = 0;
+        }
+      }
+    },
+    signal,
+  );
+  for (; chunk < range.chunks.length; chunk++) {
+    failures.push({ chunk: range.chunks[chunk]!, actual: `none (the source sent ${expectedOffset - range.begin} of ${range.end - range.begin} bytes)` });
+  }
+  return failures;
+}
+
+/** Fetches a range and refetches each chunk that fails verification once; DATA_LOSS if it fails again. */
+async function fetchVerified(
+  deps: LoaderDeps,
+  log: Logger,
+  source: ModelSourceReader,
+  range: FetchRange,
+  buffer: HostBufferHandle,
+  signal: AbortSignal,
+): Promise<void> {
+  const failures = await fetchRange(deps.addon, source, range, buffer, signal);
+  for (const first of failures) {
+    signal.throwIfAborted();
+    log.warn(
+      { file: range.file, chunk: first.chunk.index, expected: first.chunk.sha256, actual: first.actual },
+      'chunk failed verification; fetching it again',
+    );
+    const again = await fetchRange(deps.addon, source, subRange(range, first.chunk), buffer, signal);
+    const second = again[0];
+    if (second !== undefined) {
+      const { index, begin, end, sha256 } = second.chunk;
+      throw new WorkerError(
+        status.DATA_LOSS,
+        `${range.file} chunk ${index} (bytes ${begin}-${end}) failed verification twice: expected sha256 ${sha256}, got ${second.actual}`,
+      );
+    }
+  }
+}
+
 /**
  * Runs the plan's ranges with deps.fetchConcurrency requests in flight, in plan order, writing
- * each chunk at its place in the buffer. On the first failure the others are aborted, and this
- * returns only once none is running (the buffer may be freed after).
+ * the needed bytes at their place in the buffer and verifying chunks. On the first failure the
+ * others are aborted, and this returns only once none is running (the buffer may be freed after).
  */
 async function fetchInto(
   deps: LoaderDeps,
+  log: Logger,
   source: ModelSourceReader,
   plan: FetchPlan,
   buffer: HostBufferHandle,
@@ -281,15 +418,7 @@ async function fetchInto(
     while (next < plan.ranges.length && !fetchSignal.aborted) {
       const range = plan.ranges[next++]!;
       try {
-        await source.streamRange(
-          range.file,
-          range.begin,
-          range.end,
-          (chunk, offset) => {
-            if (!fetchSignal.aborted) deps.addon.writeHostBuffer(buffer, range.bufferOffset + (offset - range.begin), chunk);
-          },
-          fetchSignal,
-        );
+        await fetchVerified(deps, log, source, range, buffer, fetchSignal);
       } catch (e) {
         failure ??= { error: e };
         stop.abort();

@@ -2,7 +2,8 @@
 // is checked once, up front, so a bad model is refused with a message that names the file and
 // the problem instead of failing a cold start. Reads only the small files and the safetensors
 // headers; hashModelFiles is the one pass over all bytes, recording what later fetches are
-// verified against.
+// verified against: each file's sha256 and the sha256 of each fixed-size chunk of it, so a
+// worker fetching only a stage's byte ranges verifies whole chunks without the whole file.
 import { createHash } from 'node:crypto';
 import { parseModelConfig, tokenIds } from './config.js';
 import { ModelFormatError } from './errors.js';
@@ -30,10 +31,22 @@ export interface ModelInspection {
   totalBytes: number;
 }
 
+/** Chunk size hashModelFiles uses unless told otherwise; recorded per file, so it can change. */
+export const DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024;
+
 export interface HashedFile {
   path: string;
   size: number;
   sha256: string;
+  /** The file cut into pieces of this many bytes (the last may be shorter). */
+  chunkBytes: number;
+  /** sha256 (hex) of each piece, in file order; ceil(size / chunkBytes) entries. */
+  chunkSha256: string[];
+}
+
+/** Pure: how many chunks of chunkBytes a file of `size` bytes has (0 for an empty file). */
+export function chunkCount(size: number, chunkBytes: number): number {
+  return Math.ceil(size / chunkBytes);
 }
 
 function isRecord(value: unknown): value is Record<string, unknown> {
@@ -176,14 +189,17 @@ export async function inspectModel(source: ModelSourceReader): Promise<ModelInsp
 }
 
 /**
- * sha256 of each file, streamed (never a whole file in memory). Checks each file still has the
- * recorded size. onProgress gets bytes hashed so far over all files and their total.
+ * sha256 of each file and of each chunkBytes piece of it, in one streamed pass (never a whole
+ * file in memory). Checks each file still has the recorded size. onProgress gets bytes hashed
+ * so far over all files and their total.
  */
 export async function hashModelFiles(
   source: ModelSourceReader,
   files: { path: string; size: number }[],
   onProgress: ((done: number, total: number) => void) | null,
+  chunkBytes: number = DEFAULT_CHUNK_BYTES,
 ): Promise<HashedFile[]> {
+  if (!Number.isInteger(chunkBytes) || chunkBytes <= 0) throw new RangeError(`chunkBytes must be a positive integer, got ${chunkBytes}`);
   const total = files.reduce((sum, f) => sum + f.size, 0);
   let done = 0;
   const out: HashedFile[] = [];
@@ -192,19 +208,37 @@ export async function hashModelFiles(
     if (actual !== size) {
       throw new ModelFormatError(`${path} at ${source.uri} is ${actual} bytes, expected ${size}`, path, 'invalid');
     }
-    const hash = createHash('sha256');
+    const whole = createHash('sha256');
+    const chunkSha256: string[] = [];
+    let piece = createHash('sha256');
+    let pieceFill = 0;
     await source.streamRange(
       path,
       0,
       size,
       (chunk) => {
-        hash.update(chunk);
+        whole.update(chunk);
+        for (let at = 0; at < chunk.length; ) {
+          const take = Math.min(chunk.length - at, chunkBytes - pieceFill);
+          piece.update(chunk.subarray(at, at + take));
+          pieceFill += take;
+          at += take;
+          if (pieceFill === chunkBytes) {
+            chunkSha256.push(piece.digest('hex'));
+            piece = createHash('sha256');
+            pieceFill = 0;
+          }
+        }
         done += chunk.length;
         onProgress?.(done, total);
       },
       null,
     );
-    out.push({ path, size, sha256: hash.digest('hex') });
+    if (pieceFill > 0) chunkSha256.push(piece.digest('hex'));
+    if (chunkSha256.length !== chunkCount(size, chunkBytes)) {
+      throw new ModelFormatError(`${path} at ${source.uri} changed while it was hashed`, path, 'invalid');
+    }
+    out.push({ path, size, sha256: whole.digest('hex'), chunkBytes, chunkSha256 });
   }
   return out;
 }
