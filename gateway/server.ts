@@ -19,6 +19,11 @@ export interface GatewayOptions {
   logLevel: string;
   /** Deadline of each generation on a worker. */
   requestTimeoutMs: number;
+  /**
+   * Serve cold starts as a pipeline of this many stages on distinct workers (testing and
+   * experiments until the scheduler chooses the degree); absent or null: whole models.
+   */
+  pipelineDegree?: number | null;
 }
 
 export interface RunningGateway {
@@ -51,6 +56,7 @@ export async function startGateway(opts: GatewayOptions): Promise<RunningGateway
       adminToken: opts.adminToken,
       logger,
       requestTimeoutMs: opts.requestTimeoutMs,
+      forcedPipelineDegree: opts.pipelineDegree ?? null,
     });
   } catch (e) {
     registry.close();

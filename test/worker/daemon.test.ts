@@ -44,6 +44,7 @@ const options: WorkerOptions = {
   maxContext: 512,
   drainTimeoutMs: 5_000,
   logLevel: 'silent',
+  fetchBandwidthBytesPerS: null,
 };
 
 const scratch = await tempDir('worker');
@@ -341,13 +342,15 @@ t.test('unimplemented RPCs say which issue brings them', async (t) => {
   const swapOut = await unary<SwapReply__Output>((o, cb) => client.SwapOut({ instanceId: 'file-1' }, o, cb));
   t.equal(swapOut.error?.code, grpc.status.UNIMPLEMENTED);
   const forward = client.ForwardActivations();
-  const status = await new Promise<grpc.StatusObject>((resolve) => {
+  const status = new Promise<grpc.StatusObject>((resolve) => {
     forward.on('status', resolve);
     forward.on('error', () => undefined);
     forward.on('data', () => undefined);
   });
-  t.equal(status.code, grpc.status.UNIMPLEMENTED);
-  t.match(status.details, /cold-start issue/);
+  forward.write({ requestId: 'r', position: 0, tokenCount: 1, hidden: Buffer.alloc(4) });
+  const ended = await status;
+  t.equal(ended.code, grpc.status.INVALID_ARGUMENT, 'an activation stream must start with its request');
+  t.match(ended.details, /must carry the request/);
 });
 
 t.test('UnloadStage frees the instance', async (t) => {

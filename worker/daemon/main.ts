@@ -7,10 +7,12 @@ import os from 'node:os';
 import * as grpc from '@grpc/grpc-js';
 import { pino, type Logger } from 'pino';
 import { loadParaserveProto } from '../../protos/load.js';
+import { FetchLimiter } from '../models/throttle.js';
 import { chooseBackend, loadNativeAddon } from '../native/addon.js';
 import type { BackendName, NativeAddon } from '../native/addon-types.js';
 import { advertisedHost, formatAddress } from './address.js';
 import { releaseNative } from './loader.js';
+import { MAX_ACTIVATION_MESSAGE_BYTES } from './pipeline.js';
 import { GatewayRegistration } from './registration.js';
 import { workerHandlers } from './service.js';
 import { workerDevices } from './snapshot.js';
@@ -34,6 +36,8 @@ export interface WorkerOptions {
   drainTimeoutMs: number;
   /** pino level: fatal, error, warn, info, debug, trace or silent. */
   logLevel: string;
+  /** Cap on the bytes per second all of the worker's fetches share; null: no cap. */
+  fetchBandwidthBytesPerS: number | null;
 }
 
 export interface RunningWorker {
@@ -90,7 +94,8 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
 /** startWorker on a given runtime (tests pass a fake addon or a log destination). */
 export async function startWorkerWith(opts: WorkerOptions, runtime: WorkerRuntime): Promise<RunningWorker> {
   const { addon, backend, logger } = runtime;
-  const server = new grpc.Server();
+  // Pipeline activations of a long prefill exceed gRPC's 4 MiB default.
+  const server = new grpc.Server({ 'grpc.max_receive_message_length': MAX_ACTIVATION_MESSAGE_BYTES });
   const bindAddress = formatAddress(opts.host, opts.port);
   let port: number;
   try {
@@ -109,6 +114,7 @@ export async function startWorkerWith(opts: WorkerOptions, runtime: WorkerRuntim
     hostCacheLimit: opts.hostCacheBytes,
     devices: (instances) => workerDevices(backend, backend === 'cpu' ? [] : addon.listDevices(backend), cpuFacts(), instances),
     snapshotDebounceMs: SNAPSHOT_DEBOUNCE_MS,
+    fetchLimiter: new FetchLimiter(opts.fetchBandwidthBytesPerS),
   });
   server.addService(
     loadParaserveProto().paraserve.v1.Worker.service,
@@ -124,7 +130,10 @@ export async function startWorkerWith(opts: WorkerOptions, runtime: WorkerRuntim
   );
   state.setLifecycle('READY');
   addon.notifySystemd('READY=1');
-  log.info({ address, bound: formatAddress(opts.host, port), hostCacheBytes: opts.hostCacheBytes }, 'worker ready');
+  log.info(
+    { address, bound: formatAddress(opts.host, port), hostCacheBytes: opts.hostCacheBytes, fetchBandwidthBytesPerS: opts.fetchBandwidthBytesPerS },
+    'worker ready',
+  );
 
   let registration: GatewayRegistration | null = null;
   let stopWatching: (() => void) | null = null;

@@ -46,7 +46,7 @@ export function servingInstance(state: WorkerState, instanceId: string): Instanc
   if (!record.stage.hasEmbeddings || !record.stage.hasHead) {
     throw new WorkerError(
       status.FAILED_PRECONDITION,
-      `instance ${instanceId} holds layers [${record.stage.layerStart}, ${record.stage.layerEnd}) only; pipeline stages arrive with the cold-start issue`,
+      `instance ${instanceId} holds layers [${record.stage.layerStart}, ${record.stage.layerEnd}) only; a pipeline is served by its stage 0 (pipeline.ts)`,
     );
   }
   return record;

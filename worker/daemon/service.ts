@@ -1,12 +1,16 @@
 // The Worker gRPC service of protos/paraserve.proto, as thin handlers: each one translates
 // between the proto messages and the worker's operations (loader.ts, requests.ts, state.ts)
-// and turns failures into statuses with details (errors.ts). A client that cancels a call —
+// and turns failures into statuses with details (errors.ts); pipeline stages (Generate on a
+// partial stage, ForwardActivations) are pipeline.ts's. A client that cancels a call —
 // the gateway when its HTTP client went away — aborts the work behind it.
 import { status, type ServerWritableStream } from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import type { WorkerHandlers } from '../../protos/generated/paraserve/v1/Worker.js';
 import { toStatus, WorkerError } from './errors.js';
-import { loadStage, unloadInstance, type LoaderDeps } from './loader.js';
+import { parseModelConfig } from '../models/config.js';
+import type { LoadStageRequest__Output } from '../../protos/generated/paraserve/v1/LoadStageRequest.js';
+import { loadStage, resolveStage, unloadInstance, type LoaderDeps } from './loader.js';
+import { isPartialStage, peersProblem, PipelinePeers, runPipelineGenerate, serveActivations, type PipelineDeps } from './pipeline.js';
 import { runGenerate } from './requests.js';
 
 export interface ServiceDeps extends LoaderDeps {
@@ -15,7 +19,6 @@ export interface ServiceDeps extends LoaderDeps {
 }
 
 const SWAP_UNIMPLEMENTED = 'model swapping arrives with the GPU-sharing issue';
-const PIPELINE_UNIMPLEMENTED = 'pipeline stages arrive with the cold-start issue';
 
 /** Ends a streaming call with the status for `error`, unless the client is gone. */
 function failStream<Req, Res>(call: ServerWritableStream<Req, Res>, error: unknown, logger: Logger): void {
@@ -48,13 +51,33 @@ function writeWithBackpressure<Req, Res>(call: ServerWritableStream<Req, Res>, m
   });
 }
 
+/** Whether the request's config parses and its stage range fits the model. */
+function stageRangeValid(request: LoadStageRequest__Output, defaultMaxContext: number): boolean {
+  try {
+    const config = parseModelConfig(JSON.parse(request.configJson) as unknown);
+    return typeof resolveStage(request.stage, request.maxContext, defaultMaxContext, config) !== 'string';
+  } catch {
+    return false;
+  }
+}
+
 export function workerHandlers(deps: ServiceDeps): WorkerHandlers {
   const { state, logger } = deps;
+  const pipeline: PipelineDeps = { state, logger, peers: new PipelinePeers() };
   return {
     LoadStage(call) {
       const signal = cancelSignal(call);
+      // The range itself is the loader's to check (and report) first.
+      const problem = stageRangeValid(call.request, deps.defaultMaxContext) ? peersProblem(call.request.stage, call.request.peers) : null;
+      if (problem !== null) {
+        failStream(call, new WorkerError(status.INVALID_ARGUMENT, problem), logger);
+        return;
+      }
       loadStage(deps, call.request, (progress) => void writeWithBackpressure(call, progress, signal), signal).then(
         () => {
+          if (call.request.stage !== null && isPartialStage(call.request.stage)) {
+            pipeline.peers.set(call.request.instanceId, call.request.peers);
+          }
           if (!call.cancelled) call.end();
         },
         (e: unknown) => failStream(call, e, logger),
@@ -63,7 +86,10 @@ export function workerHandlers(deps: ServiceDeps): WorkerHandlers {
 
     UnloadStage(call, callback) {
       unloadInstance(deps, call.request.instanceId).then(
-        (freedBytes) => callback(null, { freedBytes }),
+        (freedBytes) => {
+          pipeline.peers.delete(call.request.instanceId);
+          callback(null, { freedBytes });
+        },
         (e: unknown) => callback(toStatus(e)),
       );
     },
@@ -80,9 +106,14 @@ export function workerHandlers(deps: ServiceDeps): WorkerHandlers {
       const arrivedAt = performance.now();
       const signal = cancelSignal(call);
       const request = call.request;
+      const onToken = (id: number, index: number): Promise<void> | void => writeWithBackpressure(call, { token: { id, index } }, signal);
+      const stage = state.instance(request.instanceId)?.stage ?? null;
       let run;
       try {
-        run = runGenerate(state, request, (id, index) => writeWithBackpressure(call, { token: { id, index } }, signal), signal, arrivedAt);
+        run =
+          stage !== null && isPartialStage(stage)
+            ? runPipelineGenerate(pipeline, request, onToken, signal, arrivedAt)
+            : runGenerate(state, request, onToken, signal, arrivedAt);
       } catch (e) {
         failStream(call, e, logger);
         return;
@@ -134,7 +165,7 @@ export function workerHandlers(deps: ServiceDeps): WorkerHandlers {
     },
 
     ForwardActivations(call) {
-      call.emit('error', { code: status.UNIMPLEMENTED, details: PIPELINE_UNIMPLEMENTED });
+      serveActivations(pipeline, call);
     },
   };
 }

@@ -13,6 +13,7 @@ interface GatewayFlags {
   apiKey: string[];
   adminToken?: string;
   requestTimeoutMs: number;
+  pipelineDegree?: number;
   logLevel: string;
 }
 
@@ -36,6 +37,11 @@ export function registerGatewayCommand(program: Command): void {
         .argParser(parseIntIn(1, 86_400_000))
         .env('PARASERVE_REQUEST_TIMEOUT_MS'),
     )
+    .addOption(
+      new Option('--pipeline-degree <k>', 'serve cold starts as a pipeline of k stages on k workers (default: whole models)')
+        .argParser(parseIntIn(1, 64))
+        .env('PARASERVE_PIPELINE_DEGREE'),
+    )
     .addOption(logLevelOption())
     .action(async (flags: GatewayFlags) => {
       const { startGateway } = await import('../../server.js');
@@ -47,6 +53,7 @@ export function registerGatewayCommand(program: Command): void {
         adminToken: flags.adminToken ?? null,
         logLevel: flags.logLevel,
         requestTimeoutMs: flags.requestTimeoutMs,
+        pipelineDegree: flags.pipelineDegree ?? null,
       });
       announceReady({ type: 'paraserve:ready', role: 'gateway', url: gateway.url, id: null, address: null });
       const reason = await waitForStop();

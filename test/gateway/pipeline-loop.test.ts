@@ -1,0 +1,95 @@
+// The scheduler loop performing a pipelined cold start (forcedPipelineDegree 2) against real
+// in-process CPU workers: a stage that cannot load fails the request with a 503 and the stage
+// that did load is unloaded (no half pipeline stays behind); with two healthy workers the
+// request is served by a 2-stage pipeline, one stage per worker, and later requests reuse it.
+// Skipped where the native addon is not built.
+import type { AddressInfo } from 'node:net';
+import OpenAI from 'openai';
+import t from 'tap';
+import type { FastifyInstance } from 'fastify';
+import { startWorker, type RunningWorker } from '../../worker/daemon/main.js';
+import { loadNativeAddon } from '../../worker/native/addon.js';
+import { MODEL, registerTiny, testApp } from './fixtures/helpers.js';
+
+let addonError: string | null = null;
+try {
+  loadNativeAddon();
+} catch (e) {
+  addonError = e instanceof Error ? e.message : String(e);
+}
+
+/** Resolves once the gateway's cluster view satisfies `predicate`. */
+function until(app: FastifyInstance, predicate: () => boolean): Promise<void> {
+  return new Promise((resolve) => {
+    if (predicate()) return resolve();
+    const off = app.cluster.onChange(() => {
+      if (predicate()) {
+        off();
+        resolve();
+      }
+    });
+  });
+}
+
+async function worker(app: FastifyInstance, url: string, id: string, hostCacheBytes: number): Promise<RunningWorker> {
+  const ready = until(app, () => app.cluster.view(id)?.state === 'READY');
+  const w = await startWorker({
+    id,
+    host: '127.0.0.1',
+    port: 0,
+    gatewayUrl: url,
+    backend: 'cpu',
+    hostCacheBytes,
+    maxContext: 512,
+    drainTimeoutMs: 2_000,
+    logLevel: 'silent',
+    fetchBandwidthBytesPerS: null,
+  });
+  await ready;
+  return w;
+}
+
+t.test('pipelined cold start through the scheduler loop', { skip: addonError ?? false }, async (t) => {
+  const app = await testApp(t, { requestTimeoutMs: 60_000, forcedPipelineDegree: 2 });
+  await registerTiny(app);
+  await app.listen({ host: '127.0.0.1', port: 0 });
+  const url = `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`;
+  const openai = new OpenAI({ baseURL: `${url}/v1`, apiKey: 'unused', maxRetries: 0 });
+  const ask = (): Promise<OpenAI.ChatCompletion> =>
+    openai.chat.completions.create({ model: MODEL, messages: [{ role: 'user', content: 'hello' }], max_tokens: 8, temperature: 0 });
+  const holders = (): string[] => app.cluster.views().filter((w) => w.instances.some((i) => i.model === MODEL)).map((w) => w.id);
+
+  const healthy = await worker(app, url, 'a-ok', 256 * 1024 * 1024);
+  t.teardown(() => healthy.close());
+  const cramped = await worker(app, url, 'z-cramped', 1024);
+
+  const failed = await ask().then(
+    () => null,
+    (e: unknown) => e,
+  );
+  t.ok(failed instanceof OpenAI.APIError && failed.status === 503, `a stage that cannot load gives 503 (${String(failed)})`);
+  await until(app, () => holders().length === 0);
+  t.same(holders(), [], 'no stage of the failed pipeline stays behind');
+
+  await cramped.close();
+  await until(app, () => app.cluster.view('z-cramped')?.state !== 'READY');
+  const second = await worker(app, url, 'b-ok', 256 * 1024 * 1024);
+  t.teardown(() => second.close());
+
+  const { data: first, response } = await openai.chat.completions
+    .create({ model: MODEL, messages: [{ role: 'user', content: 'hello' }], max_tokens: 8, temperature: 0 })
+    .withResponse();
+  t.ok((first.usage?.completion_tokens ?? 0) >= 1, 'served through the pipeline');
+  t.match(response.headers.get('x-paraserve-path'), /^cold;k=2;workers=(a-ok,b-ok|b-ok,a-ok);instance=tiny@/, 'the path names both stages\' workers');
+  t.match(response.headers.get('x-paraserve-timing'), /load;dur=.*fetch;dur=/);
+  const stages = app.cluster
+    .views()
+    .flatMap((w) => w.instances.filter((i) => i.model === MODEL).map((i) => ({ worker: w.id, index: i.stage?.stageIndex, count: i.stage?.stageCount })))
+    .sort((a, b) => (a.index ?? 0) - (b.index ?? 0));
+  t.same(stages.map((s) => [s.index, s.count]), [[0, 2], [1, 2]], 'one stage per worker');
+  t.same(new Set(stages.map((s) => s.worker)), new Set(['a-ok', 'b-ok']));
+
+  const again = await ask();
+  t.equal(again.choices[0]?.message.content, first.choices[0]?.message.content, 'greedy through the pipeline is deterministic');
+  t.equal(app.cluster.views().flatMap((w) => w.instances.filter((i) => i.model === MODEL)).length, 2, 'the second request reused the pipeline');
+});
