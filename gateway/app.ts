@@ -14,6 +14,7 @@ import { schedulerPlugin } from './plugins/scheduler.js';
 import { shutdownPlugin } from './plugins/shutdown.js';
 import type { Registry } from './registry/registry.js';
 import { adminKeyRoutes } from './routes/admin-keys.js';
+import { adminTraceRoutes } from './routes/admin-traces.js';
 import { adminModelRoutes } from './routes/admin-models.js';
 import { adminWorkerRoutes } from './routes/admin-workers.js';
 import { completionRoutes } from './routes/completions.js';
@@ -39,6 +40,8 @@ export interface GatewayDeps {
   /** How long closing waits for in-flight requests before cancelling them. */
   closeDrainMs: number;
   cluster: ClusterOptions;
+  /** Cold starts load a pipeline of this many stages on distinct workers; null: one whole-model worker. */
+  forcedPipelineDegree: number | null;
 }
 
 export const DEFAULT_DEPS = {
@@ -50,6 +53,7 @@ export const DEFAULT_DEPS = {
   maxContextTokens: MAX_CONTEXT_TOKENS,
   closeDrainMs: 5_000,
   cluster: DEFAULT_CLUSTER_OPTIONS,
+  forcedPipelineDegree: null,
 } satisfies Omit<GatewayDeps, 'registry'>;
 
 export async function buildApp(deps: GatewayDeps): Promise<FastifyInstance> {
@@ -66,7 +70,7 @@ export async function buildApp(deps: GatewayDeps): Promise<FastifyInstance> {
     await app.register(clusterPlugin, { options: deps.cluster });
     await app.register(metricsPlugin);
     await app.register(schedulerPlugin, {
-      options: { requestTimeoutMs: deps.requestTimeoutMs, loadTimeoutMs: deps.loadTimeoutMs },
+      options: { requestTimeoutMs: deps.requestTimeoutMs, loadTimeoutMs: deps.loadTimeoutMs, forcedPipelineDegree: deps.forcedPipelineDegree },
     });
     await app.register(shutdownPlugin, { drainMs: deps.closeDrainMs });
     await app.register(catalogPlugin, { maxContextTokens: deps.maxContextTokens });
@@ -81,6 +85,7 @@ export async function buildApp(deps: GatewayDeps): Promise<FastifyInstance> {
     await app.register(adminModelRoutes);
     await app.register(adminWorkerRoutes);
     await app.register(adminKeyRoutes);
+    await app.register(adminTraceRoutes);
   } catch (e) {
     await app.close();
     throw e;

@@ -1,9 +1,11 @@
 // Prometheus metrics of the gateway (prom-client), on a registry of their own so several
 // gateways in one process (tests) never collide. The scheduler loop reports through the
-// LoopObserver methods; HTTP metrics come from hooks in plugins/metrics.ts.
+// LoopObserver methods (a finished request's trace becomes one observation per phase, labelled
+// with its path and degree); HTTP metrics come from hooks in plugins/metrics.ts.
 import client from 'prom-client';
 import type { ClusterState } from './cluster/cluster-state.js';
 import type { LoopObserver } from './scheduler/loop.js';
+import type { RequestTrace } from './scheduler/trace.js';
 
 const LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120];
 
@@ -49,6 +51,14 @@ export class GatewayMetrics implements LoopObserver {
     registers: [this.registry],
   });
 
+  readonly requestPhases = new client.Histogram({
+    name: 'paraserve_request_phase_seconds',
+    help: 'Time of each phase of a completed request (queue, load, fetch, copy, init, first_token, prefill, decode), by path (warm|cold) and pipeline degree',
+    labelNames: ['phase', 'path', 'degree'] as const,
+    buckets: LATENCY_BUCKETS,
+    registers: [this.registry],
+  });
+
   constructor(cluster: ClusterState) {
     new client.Gauge({
       name: 'paraserve_workers',
@@ -73,5 +83,25 @@ export class GatewayMetrics implements LoopObserver {
 
   tokenGenerated(model: string): void {
     this.tokensGenerated.inc({ model });
+  }
+
+  /** Requests that failed or never ran anywhere are left out: their phases would mislead. */
+  requestTraced(trace: RequestTrace): void {
+    if (trace.status !== 'ok' || trace.path === null) return;
+    const labels = { path: trace.path.kind, degree: String(trace.path.degree) };
+    const t = trace.timings;
+    const phases: [string, number | null][] = [
+      ['queue', t.queueMs],
+      ['load', t.loadMs],
+      ['fetch', t.fetchMs],
+      ['copy', t.copyMs],
+      ['init', t.initMs],
+      ['first_token', t.firstTokenMs],
+      ['prefill', t.prefillMs],
+      ['decode', t.decodeMs],
+    ];
+    for (const [phase, ms] of phases) {
+      if (ms !== null) this.requestPhases.observe({ ...labels, phase }, ms / 1000);
+    }
   }
 }

@@ -72,6 +72,7 @@ export class ModelCatalog {
       configJson: artifacts.configJson,
       range: wholeModelRange(config),
       maxContext: contextLength,
+      ttftSloMs: record.ttftSloMs,
       record,
       config,
       tokenizer,

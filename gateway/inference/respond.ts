@@ -2,11 +2,15 @@
 // /v1/chat/completions and /v1/completions share. Errors before the first text piece are
 // ordinary HTTP errors (the stream has not started); after it they become an SSE error event.
 // The client closing its connection aborts the request, which cancels the worker's call.
+// Every response carries `x-paraserve-request-id` (GET /admin/traces/:id has its trace); a
+// whole response also `x-paraserve-path` and `x-paraserve-timing`, a stream the same headers
+// with what is known when they go out (path, queue, load, first token).
 import { randomUUID } from 'node:crypto';
 import { Readable } from 'node:stream';
 import type { FastifyBaseLogger, FastifyReply } from 'fastify';
 import { ApiError, internalError } from '../errors.js';
 import type { SchedulerLoop } from '../scheduler/loop.js';
+import { pathHeader, timingHeader, type RequestTracer } from '../scheduler/trace.js';
 import type { ServingModel } from './catalog.js';
 import { completionText, type TextEvent } from './generation.js';
 import {
@@ -50,9 +54,26 @@ function abortOnDisconnect(reply: FastifyReply): AbortController {
   return controller;
 }
 
+/** Header names of a request's explanation. */
+export const TRACE_HEADERS = {
+  requestId: 'x-paraserve-request-id',
+  path: 'x-paraserve-path',
+  timing: 'x-paraserve-timing',
+} as const;
+
+function explain(reply: FastifyReply, tracer: RequestTracer, upToFirstToken: boolean): void {
+  const trace = tracer.snapshot();
+  const path = pathHeader(trace);
+  if (path !== null) reply.header(TRACE_HEADERS.path, path);
+  const timing = timingHeader(trace, upToFirstToken);
+  if (timing !== '') reply.header(TRACE_HEADERS.timing, timing);
+}
+
 export async function serveCompletion(ctx: CompletionContext): Promise<unknown> {
   const { kind, model, plan } = ctx;
   const meta = newMeta(kind, model.name);
+  const tracer = ctx.scheduler.traces.start(meta.id, model.name, ctx.arrivalMs);
+  ctx.reply.header(TRACE_HEADERS.requestId, meta.id);
   const abort = abortOnDisconnect(ctx.reply);
   const tokens = ctx.scheduler.generate(
     model,
@@ -65,6 +86,7 @@ export async function serveCompletion(ctx: CompletionContext): Promise<unknown> 
       seed: plan.seed,
       stopTokenIds: plan.stopTokenIds,
       arrivalMs: ctx.arrivalMs,
+      trace: tracer,
     },
     abort.signal,
   );
@@ -76,6 +98,7 @@ export async function serveCompletion(ctx: CompletionContext): Promise<unknown> 
       if (ev.kind === 'text') {
         text += ev.text;
       } else {
+        explain(ctx.reply, tracer, false);
         return kind === 'chat'
           ? chatCompletion(meta, text, ev.finishReason, ev.usage)
           : textCompletion(meta, text, ev.finishReason, ev.usage);
@@ -85,6 +108,7 @@ export async function serveCompletion(ctx: CompletionContext): Promise<unknown> 
   }
 
   const first = await events.next();
+  explain(ctx.reply, tracer, true);
   ctx.reply.headers(SSE_HEADERS);
   return ctx.reply.send(Readable.from(sseStream(kind, meta, first, events, plan.includeUsage, ctx.log)));
 }

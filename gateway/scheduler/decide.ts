@@ -1,23 +1,25 @@
 // Where a request runs: a pure function of the cluster state, so it is tested with tables and
 // reused by the simulator. Order of preference, each step explained in `reason`:
-//   1. an instance of the model already ON_DEVICE on a READY worker, least active requests first;
+//   1. an instance of the model already ON_DEVICE on a READY worker, least active requests first
+//      (a pipeline counts once every stage is ON_DEVICE on a READY worker; it runs on stage 0's);
 //   2. a load of the model the gateway already started: wait for it (concurrent requests for a
 //      cold model share one load);
-//   3. a new whole-model instance on the READY worker device with the most free memory that fits;
+//   3. a cold start as chooseColdStartPlan says: a degree forced by configuration wins; else a
+//      model with a TTFT SLO gets the smallest degree whose predicted TTFT meets it, stages on
+//      distinct workers with the least contended links (coldstart.ts chooseDegree); else one
+//      whole-model instance on the READY worker device with the most free memory that fits;
 //   4. otherwise 503 with what was missing.
 import type { InstanceView, WorkerView } from '../cluster/worker-view.js';
-import type { InFlightLoad, ScheduleRequest, SchedulerAction, SchedulerState } from './types.js';
-
-export function formatBytes(bytes: number): string {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let v = bytes;
-  let u = 0;
-  while (Math.abs(v) >= 1024 && u < units.length - 1) {
-    v /= 1024;
-    u += 1;
-  }
-  return `${u === 0 ? v : v.toFixed(1)} ${units[u]}`;
-}
+import { chooseDegree, COLD_START_DEFAULTS, serverFigures, type DegreeDecision } from './coldstart.js';
+import { formatBytes } from './format.js';
+import type {
+  ColdStartExplanation,
+  InFlightLoad,
+  PlacedStage,
+  ScheduleRequest,
+  SchedulerAction,
+  SchedulerState,
+} from './types.js';
 
 /** Instance ids are `${model}@${workerId}#n`, n the smallest number free on that worker. */
 export function nextInstanceId(model: string, worker: WorkerView, loads: readonly InFlightLoad[]): string {
@@ -52,11 +54,187 @@ function runnableInstances(state: SchedulerState, ready: readonly WorkerView[], 
       // LOADING, is older than that answer.
       const listed = w.instances.find((i) => i.instanceId === l.instanceId);
       if (!listed || listed.residency === 'LOADING') {
-        out.push({ workerId: w.id, instanceId: l.instanceId, active: active(l.instanceId, listed?.activeRequests ?? 0) });
+        if (l.pipelineStage === null) {
+          out.push({ workerId: w.id, instanceId: l.instanceId, active: active(l.instanceId, listed?.activeRequests ?? 0) });
+        }
       }
     }
   }
+  return [...out, ...runnablePipelines(state, ready, model, active)];
+}
+
+/** Pipelines of the model whose every stage is ON_DEVICE (or answered READY) on a READY worker. */
+function runnablePipelines(
+  state: SchedulerState,
+  ready: readonly WorkerView[],
+  model: string,
+  active: (id: string, reported: number) => number,
+): Runnable[] {
+  const pipelines = new Map<string, { count: number; stages: Set<number>; first: string | null; reported: number }>();
+  const note = (instanceId: string, index: number, count: number, workerId: string, reported: number): void => {
+    const p = pipelines.get(instanceId) ?? { count, stages: new Set<number>(), first: null, reported: 0 };
+    p.stages.add(index);
+    if (index === 0) {
+      p.first = workerId;
+      p.reported = reported;
+    }
+    pipelines.set(instanceId, p);
+  };
+  for (const w of ready) {
+    for (const i of w.instances) {
+      if (i.model === model && i.residency === 'ON_DEVICE' && i.stage !== null && !servesWholeModel(i) && i.stage.stageCount > 1) {
+        note(i.instanceId, i.stage.stageIndex, i.stage.stageCount, w.id, i.activeRequests);
+      }
+    }
+    for (const l of state.loads) {
+      if (l.workerId !== w.id || l.model !== model || l.status !== 'ready' || l.pipelineStage === null) continue;
+      const listed = w.instances.find((i) => i.instanceId === l.instanceId);
+      if (!listed || listed.residency === 'LOADING') note(l.instanceId, l.pipelineStage.index, l.pipelineStage.count, w.id, 0);
+    }
+  }
+  const out: Runnable[] = [];
+  for (const [instanceId, p] of pipelines) {
+    if (p.first !== null && p.stages.size === p.count) out.push({ workerId: p.first, instanceId, active: active(instanceId, p.reported) });
+  }
   return out;
+}
+
+/** The policy's choice of a cold start (chooseDegree's 'cold-start' decision). */
+export type DegreeChoice = Extract<DegreeDecision, { kind: 'cold-start' }>;
+
+/** How a cold start is shaped, before instance ids and actions. */
+export type ColdStartPlan =
+  /** Degree forced by configuration (the request's pipeline), or 1 for a model without an SLO. */
+  | {
+      kind: 'configured';
+      degree: number;
+      /** Distinct READY workers, most free device memory first (ties: fewer active requests, id). */
+      workers: WorkerView[];
+    }
+  /** Degree and placement chosen against the model's TTFT SLO. */
+  | { kind: 'chosen'; choice: DegreeChoice }
+  /** The policy found no placement; `reason` goes to the client. */
+  | { kind: 'unplaceable'; reason: string };
+
+/**
+ * The cold-start policy's seam: a forced degree (req.pipeline) wins; a model with a TTFT SLO
+ * (req.coldStart) gets chooseDegree over the READY workers' figures; otherwise one worker.
+ */
+export function chooseColdStartPlan(state: SchedulerState, req: ScheduleRequest): ColdStartPlan {
+  const candidates = state.workers.filter((w) => w.state === 'READY' && w.devices.length > 0);
+  if (req.pipeline === null && req.coldStart !== null) {
+    const decision = chooseDegree({
+      model: { name: req.model, profile: req.coldStart.profile, ttftSloMs: req.coldStart.ttftSloMs, prefillMs: null },
+      servers: candidates.map((w) => serverFigures(w, req.model, state.loads)),
+      maxK: Math.max(1, req.coldStart.maxDegree),
+      hopMs: null,
+      defaults: COLD_START_DEFAULTS,
+    });
+    return decision.kind === 'cold-start' ? { kind: 'chosen', choice: decision } : { kind: 'unplaceable', reason: decision.reason };
+  }
+  const best = (w: WorkerView): number => Math.max(-Infinity, ...w.devices.map((d) => d.freeBytes - pendingBytes(w, d.index, state.loads)));
+  const workers = candidates.sort((a, b) => best(b) - best(a) || a.activeRequests - b.activeRequests || a.id.localeCompare(b.id));
+  return { kind: 'configured', degree: req.pipeline?.length ?? 1, workers };
+}
+
+/** What the trace says of a policy's choice. */
+export function explainChoice(choice: DegreeChoice): ColdStartExplanation {
+  const note = choice.sloMet
+    ? null
+    : `no degree meets the TTFT SLO of ${choice.sloMs ?? 0} ms; degree ${choice.k} predicts the least, ${Math.round(choice.prediction.totalMs)} ms`;
+  return {
+    source: 'policy',
+    degree: choice.k,
+    workers: choice.stages.map((s) => s.serverId),
+    reason: choice.reason,
+    note,
+    sloMs: choice.sloMs,
+    prediction: choice.prediction,
+    considered: choice.considered,
+  };
+}
+
+function configuredExplanation(source: 'forced' | 'default', workers: string[], reason: string): ColdStartExplanation {
+  return { source, degree: workers.length, workers, reason, note: null, sloMs: null, prediction: null, considered: [] };
+}
+
+/** A policy's choice as an action: k = 1 loads a whole-model instance, k > 1 a pipeline. */
+function performChoice(state: SchedulerState, req: ScheduleRequest, choice: DegreeChoice, now: number): SchedulerAction {
+  const explanation = explainChoice(choice);
+  const views = choice.stages.map((s) => state.workers.find((w) => w.id === s.serverId));
+  if (views.some((w) => w === undefined)) return reject(`the cold-start policy chose a worker the gateway does not know (${explanation.workers.join(', ')})`);
+  const workers = views as WorkerView[];
+  if (choice.k === 1) {
+    const stage = choice.stages[0]!;
+    const instanceId = nextInstanceId(req.model, workers[0]!, state.loads);
+    return {
+      kind: 'load-then-run',
+      workerId: stage.serverId,
+      instanceId,
+      device: stage.device,
+      range: req.range,
+      bytes: req.modelBytes,
+      startedMs: now,
+      reason: `${choice.reason}; loading ${instanceId} on device ${stage.device} of ${stage.serverId}`,
+      coldStart: explanation,
+    };
+  }
+  const instanceId = nextPipelineInstanceId(req.model, workers, state.loads);
+  return {
+    kind: 'load-pipeline-then-run',
+    instanceId,
+    stages: choice.stages.map((s) => ({ range: s.range, bytes: s.bytes, workerId: s.serverId, device: s.device })),
+    startedMs: now,
+    reason: `${choice.reason}; loading ${instanceId} as ${choice.k} stages`,
+    coldStart: explanation,
+  };
+}
+
+/** Instance id of a pipeline: `${model}@${first worker}#n`, n free on every stage's worker. */
+export function nextPipelineInstanceId(model: string, workers: readonly WorkerView[], loads: readonly InFlightLoad[]): string {
+  const taken = new Set([...workers.flatMap((w) => w.instances.map((i) => i.instanceId)), ...loads.map((l) => l.instanceId)]);
+  const first = workers[0]?.id ?? 'pipeline';
+  let n = 0;
+  while (taken.has(`${model}@${first}#${n}`)) n += 1;
+  return `${model}@${first}#${n}`;
+}
+
+function placePipeline(
+  state: SchedulerState,
+  req: ScheduleRequest,
+  plan: Extract<ColdStartPlan, { kind: 'configured' }>,
+  now: number,
+): SchedulerAction {
+  const stages = req.pipeline ?? [];
+  if (plan.workers.length < plan.degree) {
+    return reject(
+      `a ${plan.degree}-stage pipeline for model '${req.model}' needs ${plan.degree} READY workers with a device; ${plan.workers.length} are`,
+    );
+  }
+  const chosen = plan.workers.slice(0, plan.degree);
+  const placed: PlacedStage[] = [];
+  for (const [i, stage] of stages.entries()) {
+    const w = chosen[i]!;
+    const device = w.devices
+      .map((d) => ({ index: d.index, free: d.freeBytes - pendingBytes(w, d.index, state.loads) }))
+      .reduce((a, b) => (b.free > a.free ? b : a));
+    if (device.free < stage.bytes) {
+      return reject(
+        `stage ${i} of model '${req.model}' needs ${formatBytes(stage.bytes)}; worker ${w.id} has ${formatBytes(Math.max(0, device.free))} free at most`,
+      );
+    }
+    placed.push({ ...stage, workerId: w.id, device: device.index });
+  }
+  const instanceId = nextPipelineInstanceId(req.model, chosen, state.loads);
+  const reason = `cold: loading ${instanceId} as ${plan.degree} stages on ${placed.map((p) => `${p.workerId}[${p.range.layerStart},${p.range.layerEnd})`).join(', ')}`;
+  return {
+    kind: 'load-pipeline-then-run',
+    instanceId,
+    stages: placed,
+    startedMs: now,
+    reason,
+    coldStart: configuredExplanation('forced', placed.map((p) => p.workerId), `${reason} (degree forced by configuration)`),
+  };
 }
 
 /** Bytes of loads headed to a device that its worker's snapshot does not account for yet. */
@@ -109,6 +287,11 @@ export function decide(state: SchedulerState, req: ScheduleRequest, now: number)
     };
   }
 
+  const plan = chooseColdStartPlan(state, req);
+  if (plan.kind === 'unplaceable') return reject(plan.reason);
+  if (plan.kind === 'chosen') return performChoice(state, req, plan.choice, now);
+  if (plan.degree > 1) return placePipeline(state, req, plan, now);
+
   let choice: { worker: WorkerView; device: number; free: number } | null = null;
   let mostFree: { worker: WorkerView; device: number; free: number } | null = null;
   for (const w of ready) {
@@ -128,6 +311,7 @@ export function decide(state: SchedulerState, req: ScheduleRequest, now: number)
   }
   if (choice) {
     const instanceId = nextInstanceId(req.model, choice.worker, state.loads);
+    const reason = `cold: loading ${instanceId} on device ${choice.device} of ${choice.worker.id} (${formatBytes(choice.free)} free)`;
     return {
       kind: 'load-then-run',
       workerId: choice.worker.id,
@@ -136,7 +320,12 @@ export function decide(state: SchedulerState, req: ScheduleRequest, now: number)
       range: req.range,
       bytes: req.modelBytes,
       startedMs: now,
-      reason: `cold: loading ${instanceId} on device ${choice.device} of ${choice.worker.id} (${formatBytes(choice.free)} free)`,
+      reason,
+      coldStart: configuredExplanation(
+        req.pipeline === null ? 'default' : 'forced',
+        [choice.worker.id],
+        `${reason} (${req.pipeline === null ? 'one whole-model worker: no TTFT SLO to plan for, or degree 1 forced' : 'degree forced by configuration'})`,
+      ),
     };
   }
   if (!mostFree) return reject(`no READY worker reports any device for model '${req.model}'`);

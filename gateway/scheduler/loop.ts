@@ -1,6 +1,11 @@
 // The one module that turns scheduling decisions into effects: it asks decide() what to do,
 // starts LoadStage calls and waits for READY, then runs Generate on the chosen instance and
-// streams its tokens. Clocks, timers and gRPC live here so decide() stays pure.
+// streams its tokens. Clocks, timers and gRPC live here so decide() stays pure. A cold start's
+// degree is forced by configuration (k byte-balanced stages from planStages) or, for a model
+// with a TTFT SLO, chosen by decide() from the model's byte profile (read once per model from
+// its checkpoint headers). A pipeline's stages load in parallel with every stage's address as
+// peers, and Generate runs on stage 0, which drives the others (worker/daemon/pipeline.ts).
+// Each request's path and phase times go to its RequestTracer (trace.ts).
 import type { ClientReadableStream } from '@grpc/grpc-js';
 import { status as GrpcStatus } from '@grpc/grpc-js';
 import type { FastifyBaseLogger } from 'fastify';
@@ -17,8 +22,23 @@ import {
   workerFailed,
 } from '../errors.js';
 import type { ModelFileRecord } from '../registry/registry.js';
+import { parseModelConfig } from '../../worker/models/config.js';
+import { readCheckpointTensors } from '../../worker/models/safetensors.js';
+import { openModelSource } from '../../worker/models/source.js';
+import { planStages, stageByteProfile, stageBytes, type StageByteProfile } from '../../worker/models/stage-plan.js';
+import type { WorkerChannel } from '../cluster/worker-channel.js';
 import { decide } from './decide.js';
-import type { InFlightLoad, SchedulerAction, SchedulerState, StageRange } from './types.js';
+import { TraceStore, recordProgress, type LoadTrace, type RequestTrace, type RequestTracer, type StageLoadTrace } from './trace.js';
+import type {
+  ColdStartExplanation,
+  ColdStartRequest,
+  InFlightLoad,
+  PlannedStage,
+  ScheduleRequest,
+  SchedulerAction,
+  SchedulerState,
+  StageRange,
+} from './types.js';
 
 /** What the loop needs to know of a model to load and run it. */
 export interface LoadableModel {
@@ -31,6 +51,8 @@ export interface LoadableModel {
   range: StageRange;
   /** KV cache capacity per sequence asked of the worker, in tokens. */
   maxContext: number;
+  /** Registered TTFT SLO, ms; null: cold starts use one worker unless a degree is forced. */
+  ttftSloMs: number | null;
 }
 
 export interface GenerationParams {
@@ -44,6 +66,8 @@ export interface GenerationParams {
   stopTokenIds: number[];
   /** Gateway clock when the HTTP request arrived: time to first token counts from here. */
   arrivalMs: number;
+  /** Where the request's path and phase times go (from this loop's traces.start). */
+  trace: RequestTracer;
 }
 
 export type GenerationEvent =
@@ -55,6 +79,8 @@ export interface LoopObserver {
   loadFinished(model: string, outcome: 'ok' | 'error', seconds: number): void;
   firstToken(model: string, seconds: number): void;
   tokenGenerated(model: string): void;
+  /** A request ended (ok or not); its trace as it stands then. */
+  requestTraced(trace: RequestTrace): void;
 }
 
 export interface LoopOptions {
@@ -62,12 +88,37 @@ export interface LoopOptions {
   requestTimeoutMs: number;
   /** Deadline of each LoadStage call. */
   loadTimeoutMs: number;
+  /** Cold starts load a pipeline of this many stages (capped at the model's layers); null or 1: whole models. */
+  forcedPipelineDegree: number | null;
 }
 
+/** A load the gateway started: one stage, or every stage of a pipeline (same instance id). */
 interface LoadEntry {
-  load: InFlightLoad;
+  loads: InFlightLoad[];
   done: Promise<void>;
-  call: ClientReadableStream<LoadProgress__Output>;
+  calls: ClientReadableStream<LoadProgress__Output>[];
+  /** Why it has its shape, and each stage's phases as its worker reports them (shared by the traces of every request waiting on it). */
+  coldStart: ColdStartExplanation;
+  stages: StageLoadTrace[];
+}
+
+/** Largest degree the cold-start policy considers (capped again by layers and READY workers). */
+export const MAX_COLD_START_DEGREE = 8;
+/** Requests whose traces GET /admin/traces/:id still answers. */
+export const TRACE_CAPACITY = 1000;
+
+/** k stages balanced by bytes from the checkpoint's headers; null when k (capped) is 1. */
+async function planPipeline(model: LoadableModel, k: number): Promise<PlannedStage[] | null> {
+  const config = parseModelConfig(JSON.parse(model.configJson) as unknown);
+  const degree = Math.min(k, config.numLayers);
+  if (degree <= 1) return null;
+  const tensors = await readCheckpointTensors(openModelSource(model.source));
+  return planStages(tensors, config, degree).map((range) => ({ range, bytes: stageBytes(tensors, config, range) }));
+}
+
+async function profileOf(model: LoadableModel): Promise<StageByteProfile> {
+  const config = parseModelConfig(JSON.parse(model.configJson) as unknown);
+  return stageByteProfile(await readCheckpointTensors(openModelSource(model.source)), config);
 }
 
 /** Decisions per request before giving up (a load finishing counts as one). */
@@ -106,6 +157,12 @@ function abortable<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
 
 export class SchedulerLoop {
   private readonly loads = new Map<string, LoadEntry>();
+  /** Stage plans per model and source (the headers do not change under a registered model). */
+  private readonly plans = new Map<string, Promise<PlannedStage[] | null>>();
+  /** Byte profiles per model and source, for the cold-start policy. */
+  private readonly profiles = new Map<string, Promise<StageByteProfile>>();
+  /** The last TRACE_CAPACITY requests' traces. */
+  readonly traces = new TraceStore(TRACE_CAPACITY);
   private readonly active = new Map<string, number>();
   private readonly unsubscribe: () => void;
   /** Generate calls open on workers, cancelled by close(). */
@@ -127,35 +184,60 @@ export class SchedulerLoop {
   state(): SchedulerState {
     return {
       workers: this.cluster.views(),
-      loads: [...this.loads.values()].map((e) => e.load),
+      loads: [...this.loads.values()].flatMap((e) => e.loads),
       gatewayActive: this.active,
     };
   }
 
   /** Decides and performs until the model has an instance to run on; ApiError when it cannot. */
-  async place(model: LoadableModel, signal: AbortSignal): Promise<{ workerId: string; instanceId: string }> {
-    const request = { model: model.name, modelBytes: model.bytes, range: model.range };
+  async place(model: LoadableModel, signal: AbortSignal, trace: RequestTracer): Promise<{ workerId: string; instanceId: string }> {
+    const pipeline = await abortable(this.pipelinePlan(model), signal);
+    const coldStart = pipeline === null ? await abortable(this.coldStartRequest(model), signal) : null;
+    const request: ScheduleRequest = { model: model.name, modelBytes: model.bytes, range: model.range, pipeline, coldStart };
     for (let i = 0; i < MAX_DECISIONS; i++) {
       if (signal.aborted) throw clientClosed();
       if (this.closed) throw serviceUnavailable('the gateway is shutting down', 'shutting_down');
       const action = decide(this.state(), request, Date.now());
       this.log.debug({ model: model.name, action }, 'scheduling decision');
+      if (action.kind !== 'reject') trace.decided(action.reason);
       switch (action.kind) {
         case 'run-on':
+          trace.placed(action.workerId, action.instanceId, this.degreeOf(action.workerId, action.instanceId), Date.now());
           return { workerId: action.workerId, instanceId: action.instanceId };
         case 'await-load': {
           const entry = this.loads.get(action.instanceId);
-          if (entry) await abortable(entry.done, signal);
+          if (entry) await this.waitOnLoad(entry, action.instanceId, true, signal, trace);
           break;
         }
         case 'load-then-run':
-          await abortable(this.startLoad(model, action).done, signal);
+          await this.waitOnLoad(this.startLoad(model, action), action.instanceId, false, signal, trace);
+          break;
+        case 'load-pipeline-then-run':
+          await this.waitOnLoad(this.startPipelineLoad(model, action), action.instanceId, false, signal, trace);
           break;
         case 'reject':
+          trace.decided(`rejected: ${action.reason}`);
           throw serviceUnavailable(action.reason);
       }
     }
     throw serviceUnavailable(`could not place model '${model.name}' after ${MAX_DECISIONS} scheduling decisions`);
+  }
+
+  /** Waits for a load, telling the trace how long and what the load reports. */
+  private async waitOnLoad(entry: LoadEntry, instanceId: string, joined: boolean, signal: AbortSignal, trace: RequestTracer): Promise<void> {
+    const load: LoadTrace = { instanceId, joined, coldStart: entry.coldStart, stages: entry.stages };
+    const started = Date.now();
+    try {
+      await abortable(entry.done, signal);
+    } finally {
+      trace.waitedOnLoad(load, Date.now() - started);
+    }
+  }
+
+  /** Stage count of an instance as the worker's snapshot (or the gateway's own load) says. */
+  private degreeOf(workerId: string, instanceId: string): number {
+    const listed = this.cluster.view(workerId)?.instances.find((i) => i.instanceId === instanceId);
+    return listed?.stage?.stageCount ?? this.loads.get(instanceId)?.loads.length ?? 1;
   }
 
   /**
@@ -165,9 +247,15 @@ export class SchedulerLoop {
    */
   async *generate(model: LoadableModel, params: GenerationParams, signal: AbortSignal): AsyncGenerator<GenerationEvent> {
     this.inflight += 1;
+    let failure: string | null = null;
     try {
       yield* this.attempts(model, params, signal);
+    } catch (e) {
+      failure = describe(e);
+      throw e;
     } finally {
+      params.trace.end(Date.now(), failure);
+      this.observer.requestTraced(params.trace.snapshot());
       this.inflight -= 1;
       if (this.inflight === 0) {
         for (const wake of this.idleWaiters.splice(0)) wake();
@@ -189,7 +277,7 @@ export class SchedulerLoop {
 
   private async *attempts(model: LoadableModel, params: GenerationParams, signal: AbortSignal): AsyncGenerator<GenerationEvent> {
     for (let attempt = 1; ; attempt++) {
-      const { workerId, instanceId } = await this.place(model, signal);
+      const { workerId, instanceId } = await this.place(model, signal, params.trace);
       const channel = this.cluster.channel(workerId);
       if (!channel) {
         if (attempt < MAX_GENERATE_ATTEMPTS) continue;
@@ -222,7 +310,10 @@ export class SchedulerLoop {
       try {
         for await (const ev of call as AsyncIterable<GenerateEvent__Output>) {
           if (ev.token) {
-            if (received === 0) this.observer.firstToken(model.name, (Date.now() - params.arrivalMs) / 1000);
+            if (received === 0) {
+              this.observer.firstToken(model.name, (Date.now() - params.arrivalMs) / 1000);
+              params.trace.firstToken(Date.now());
+            }
             received += 1;
             this.observer.tokenGenerated(model.name);
             yield { kind: 'token', id: ev.token.id };
@@ -231,6 +322,7 @@ export class SchedulerLoop {
             if (ev.finish.reason === 'CANCELLED') {
               throw serviceUnavailable(`worker ${workerId} cancelled the request (it may be draining)`, 'worker_cancelled');
             }
+            params.trace.finished(ev.finish.queueMs, ev.finish.prefillMs, ev.finish.decodeMs);
             yield {
               kind: 'finish',
               reason: ev.finish.reason === 'STOP' ? 'stop' : 'length',
@@ -261,10 +353,54 @@ export class SchedulerLoop {
     }
   }
 
+  /** The stage plan for a pipelined cold start of the model, or null (whole model). */
+  private pipelinePlan(model: LoadableModel): Promise<PlannedStage[] | null> {
+    const k = this.opts.forcedPipelineDegree ?? 1;
+    if (k <= 1) return Promise.resolve(null);
+    const key = `${model.name}\n${model.source}`;
+    let plan = this.plans.get(key);
+    if (!plan) {
+      plan = planPipeline(model, k).catch((e: unknown) => {
+        this.plans.delete(key);
+        throw serviceUnavailable(`cannot plan ${k} pipeline stages for model '${model.name}': ${describe(e)}`);
+      });
+      this.plans.set(key, plan);
+    }
+    return plan;
+  }
+
+  /**
+   * What the cold-start policy needs of the model: its byte profile (read once per model and
+   * source) and its SLO; null when it has no SLO or a degree is forced, 1 included (decide()
+   * then keeps the configured shape). Headers that cannot be read leave the request to the
+   * whole-model path, so a warm instance still serves while storage is unreachable.
+   */
+  private async coldStartRequest(model: LoadableModel): Promise<ColdStartRequest | null> {
+    if (model.ttftSloMs === null || this.opts.forcedPipelineDegree !== null) return null;
+    const key = `${model.name}\n${model.source}`;
+    let profile = this.profiles.get(key);
+    if (!profile) {
+      profile = profileOf(model);
+      this.profiles.set(key, profile);
+    }
+    try {
+      return { profile: await profile, ttftSloMs: model.ttftSloMs, maxDegree: MAX_COLD_START_DEGREE };
+    } catch (e) {
+      if (this.profiles.get(key) === profile) this.profiles.delete(key);
+      this.log.warn({ model: model.name, err: describe(e) }, 'cannot read the checkpoint headers to plan a cold start; one whole-model worker instead');
+      return null;
+    }
+  }
+
   /** Best effort: asks every worker holding the model to drop it; loads under way are cancelled. */
   unloadModel(name: string): void {
+    for (const cache of [this.plans, this.profiles]) {
+      for (const key of cache.keys()) {
+        if (key.startsWith(`${name}\n`)) cache.delete(key);
+      }
+    }
     for (const entry of this.loads.values()) {
-      if (entry.load.model === name) entry.call.cancel();
+      if (entry.loads[0]?.model === name) for (const call of entry.calls) call.cancel();
     }
     for (const w of this.cluster.views()) {
       const channel = this.cluster.channel(w.id);
@@ -282,7 +418,7 @@ export class SchedulerLoop {
   close(): void {
     this.closed = true;
     this.unsubscribe();
-    for (const entry of this.loads.values()) entry.call.cancel();
+    for (const entry of this.loads.values()) for (const call of entry.calls) call.cancel();
     for (const call of this.calls) call.cancel();
   }
 
@@ -316,6 +452,7 @@ export class SchedulerLoop {
       bytes: action.bytes,
       startedMs: action.startedMs,
       status: 'loading',
+      pipelineStage: null,
     };
     this.log.info({ model: model.name, reason: action.reason }, 'loading model');
     const call = channel.loadStage(
@@ -331,11 +468,85 @@ export class SchedulerLoop {
       },
       this.opts.loadTimeoutMs,
     );
-    const where = `model '${model.name}' on worker ${action.workerId}`;
-    const done = new Promise<void>((resolve, reject) => {
+    const stage: StageLoadTrace = { workerId: action.workerId, stageIndex: 0, spans: [], readyMs: null };
+    return this.track(model, {
+      loads: [load],
+      calls: [call],
+      done: this.loadSettled(call, `model '${model.name}' on worker ${action.workerId}`, stage),
+      coldStart: action.coldStart,
+      stages: [stage],
+    });
+  }
+
+  /**
+   * Starts LoadStage on every stage of a pipeline at once, each told all stages' addresses.
+   * The entry is done when all are READY; if one fails, the others are cancelled and the
+   * stages that did load are unloaded (best effort), so no half pipeline stays behind.
+   */
+  private startPipelineLoad(model: LoadableModel, action: Extract<SchedulerAction, { kind: 'load-pipeline-then-run' }>): LoadEntry {
+    const channels: WorkerChannel[] = [];
+    for (const stage of action.stages) {
+      const channel = this.cluster.channel(stage.workerId);
+      if (!channel) throw serviceUnavailable(`worker ${stage.workerId} went away before loading could start`);
+      channels.push(channel);
+    }
+    const count = action.stages.length;
+    const peers = channels.map((c) => c.address);
+    this.log.info({ model: model.name, reason: action.reason }, 'loading model as a pipeline');
+    const loads: InFlightLoad[] = action.stages.map((stage, index) => ({
+      instanceId: action.instanceId,
+      model: model.name,
+      workerId: stage.workerId,
+      device: stage.device,
+      bytes: stage.bytes,
+      startedMs: action.startedMs,
+      status: 'loading',
+      pipelineStage: { index, count },
+    }));
+    const calls = action.stages.map((stage, index) =>
+      channels[index]!.loadStage(
+        {
+          instanceId: action.instanceId,
+          model: model.name,
+          source: { uri: model.source, files: model.files },
+          configJson: model.configJson,
+          stage: { ...stage.range, stageIndex: index, stageCount: count },
+          device: stage.device,
+          maxContext: model.maxContext,
+          peers,
+        },
+        this.opts.loadTimeoutMs,
+      ),
+    );
+    const stages: StageLoadTrace[] = action.stages.map((s, stageIndex) => ({ workerId: s.workerId, stageIndex, spans: [], readyMs: null }));
+    const settled = calls.map((call, index) =>
+      this.loadSettled(call, `stage ${index} of model '${model.name}' on worker ${action.stages[index]!.workerId}`, stages[index]!),
+    );
+    const done = Promise.all(settled).then(
+      () => undefined,
+      (e: unknown) => {
+        for (const call of calls) call.cancel();
+        void Promise.allSettled(settled).then((outcomes) => {
+          for (const [index, outcome] of outcomes.entries()) {
+            if (outcome.status !== 'fulfilled') continue;
+            channels[index]!.unloadStage(action.instanceId, UNLOAD_TIMEOUT_MS).catch((err: unknown) => {
+              this.log.warn({ worker: action.stages[index]!.workerId, instanceId: action.instanceId, err: describe(err) }, 'unload failed');
+            });
+          }
+        });
+        throw e;
+      },
+    );
+    return this.track(model, { loads, calls, done, coldStart: action.coldStart, stages });
+  }
+
+  /** Resolves when a LoadStage stream ended after READY; rejects with the ApiError to report. */
+  private loadSettled(call: ClientReadableStream<LoadProgress__Output>, where: string, trace: StageLoadTrace): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
       let lastPhase = 'none';
       call.on('data', (p: LoadProgress__Output) => {
         lastPhase = p.phase;
+        recordProgress(trace, p.phase, p.elapsedMs);
       });
       call.on('error', (e: unknown) => {
         if (isServiceError(e) && e.code === GrpcStatus.DEADLINE_EXCEEDED) {
@@ -351,31 +562,36 @@ export class SchedulerLoop {
         else reject(workerFailed(`loading ${where} ended before READY (last phase: ${lastPhase})`));
       });
     });
-    const entry: LoadEntry = { load, done, call };
-    this.loads.set(load.instanceId, entry);
-    done.then(
+  }
+
+  /** Registers a started load and follows it: READY marks it ready, a failure forgets it. */
+  private track(model: LoadableModel, entry: LoadEntry): LoadEntry {
+    const first = entry.loads[0]!;
+    this.loads.set(first.instanceId, entry);
+    entry.done.then(
       () => {
-        load.status = 'ready';
-        this.observer.loadFinished(model.name, 'ok', (Date.now() - load.startedMs) / 1000);
-        this.log.info({ instanceId: load.instanceId, ms: Date.now() - load.startedMs }, 'model loaded');
+        for (const load of entry.loads) load.status = 'ready';
+        this.observer.loadFinished(model.name, 'ok', (Date.now() - first.startedMs) / 1000);
+        this.log.info({ instanceId: first.instanceId, ms: Date.now() - first.startedMs }, 'model loaded');
         this.prune();
       },
       (e: unknown) => {
-        this.loads.delete(load.instanceId);
-        this.observer.loadFinished(model.name, 'error', (Date.now() - load.startedMs) / 1000);
-        this.log.warn({ instanceId: load.instanceId, err: describe(e) }, 'model load failed');
+        this.loads.delete(first.instanceId);
+        this.observer.loadFinished(model.name, 'error', (Date.now() - first.startedMs) / 1000);
+        this.log.warn({ instanceId: first.instanceId, err: describe(e) }, 'model load failed');
       },
     );
     return entry;
   }
 
-  /** Forgets finished loads once the worker's snapshot shows the instance settled (or the worker is gone). */
+  /** Forgets finished loads once the workers' snapshots show every stage settled (or a worker is gone). */
   private prune(): void {
     for (const [id, entry] of this.loads) {
-      if (entry.load.status !== 'ready') continue;
-      const w = this.cluster.view(entry.load.workerId);
-      const settled = w?.instances.some((i) => i.instanceId === id && i.residency !== 'LOADING') ?? false;
-      if (!w || w.state === 'DOWN' || settled) this.loads.delete(id);
+      if (entry.loads.some((l) => l.status !== 'ready')) continue;
+      const views = entry.loads.map((l) => this.cluster.view(l.workerId));
+      const gone = views.some((w) => !w || w.state === 'DOWN');
+      const settled = views.every((w) => w?.instances.some((i) => i.instanceId === id && i.residency !== 'LOADING') ?? false);
+      if (gone || settled) this.loads.delete(id);
     }
   }
 }

@@ -41,11 +41,11 @@ function createWorker(o: Partial<WorkerView> & { free?: number[] } = {}): Worker
 }
 
 function createLoad(o: Partial<InFlightLoad> = {}): InFlightLoad {
-  return { instanceId: 'm@w1#0', model: 'm', workerId: 'w1', device: 0, bytes: GiB, startedMs: NOW - 500, status: 'loading', ...o };
+  return { instanceId: 'm@w1#0', model: 'm', workerId: 'w1', device: 0, bytes: GiB, startedMs: NOW - 500, status: 'loading', pipelineStage: null, ...o };
 }
 
 function createRequest(o: Partial<ScheduleRequest> = {}): ScheduleRequest {
-  return { model: 'm', modelBytes: GiB, range: { layerStart: 0, layerEnd: 2, hasEmbeddings: true, hasHead: true }, ...o };
+  return { model: 'm', modelBytes: GiB, range: { layerStart: 0, layerEnd: 2, hasEmbeddings: true, hasHead: true }, pipeline: null, coldStart: null, ...o };
 }
 
 function state(workers: WorkerView[], loads: InFlightLoad[] = [], active: [string, number][] = []): SchedulerState {

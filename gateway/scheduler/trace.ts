@@ -1,0 +1,275 @@
+// Per-request explanation (issue 4, point 8): the path a request took — warm on an instance, or
+// a cold start of degree k on named workers with its predicted TTFT and SLO — and the time of
+// each phase: queue, load (fetch, copy, init as the workers' LoadProgress streams report them),
+// time to first token, and the worker's prefill and decode. The loop records into a
+// RequestTracer; finished traces stay in a bounded TraceStore for GET /admin/traces/:id, and
+// the header formatters below turn one into `x-paraserve-path` and `x-paraserve-timing`.
+import type { ColdStartExplanation } from './types.js';
+
+export type LoadPhaseName = 'FETCH' | 'COPY' | 'INIT';
+
+/** One stretch of a load phase, ms since the worker received the LoadStage call. */
+export interface PhaseSpan {
+  phase: LoadPhaseName;
+  startMs: number;
+  endMs: number;
+}
+
+/** One stage's load as its worker reported it. */
+export interface StageLoadTrace {
+  workerId: string;
+  stageIndex: number;
+  /** In the order the worker reported them; a phase reported in several stretches appears several times. */
+  spans: PhaseSpan[];
+  /** When the worker reported READY (ms since the call arrived); null until then. */
+  readyMs: number | null;
+}
+
+/** A load a request waited on (started by it or joined). */
+export interface LoadTrace {
+  instanceId: string;
+  /** This request joined a load another request started. */
+  joined: boolean;
+  /** How the cold start was shaped and why. */
+  coldStart: ColdStartExplanation;
+  stages: StageLoadTrace[];
+}
+
+export type TracePath =
+  | { kind: 'warm'; instanceId: string; workerId: string; degree: number }
+  | {
+      kind: 'cold';
+      instanceId: string;
+      /** Worker the request ran on (stage 0's for a pipeline). */
+      workerId: string;
+      degree: number;
+      /** Worker of each stage, in pipeline order. */
+      workers: string[];
+      joined: boolean;
+      predictedTtftMs: number | null;
+      sloMs: number | null;
+      reason: string;
+      note: string | null;
+    };
+
+/** Phase times, ms; null where the phase did not happen or is not known (yet). */
+export interface TraceTimings {
+  /** From arrival until an instance was runnable, less the time spent waiting on loads. */
+  queueMs: number | null;
+  /** Waiting on loads (this request's own or one it joined). */
+  loadMs: number | null;
+  /** Longest of each load phase over the stages of the load waited on. */
+  fetchMs: number | null;
+  copyMs: number | null;
+  initMs: number | null;
+  /** From arrival to the first token as the gateway saw it. */
+  firstTokenMs: number | null;
+  /** Waiting on the worker before prefill (its FinishEvent). */
+  workerQueueMs: number | null;
+  /** The worker's prefill and decode (its FinishEvent). */
+  prefillMs: number | null;
+  decodeMs: number | null;
+  /** From arrival to the end of generation. */
+  totalMs: number | null;
+}
+
+export interface RequestTrace {
+  requestId: string;
+  model: string;
+  /** Gateway clock of arrival, ms since the epoch. */
+  arrivalMs: number;
+  status: 'running' | 'ok' | 'error';
+  /** Why it failed; null unless status is 'error'. */
+  error: string | null;
+  /** null until an instance was chosen to run on. */
+  path: TracePath | null;
+  /** Every scheduling decision's reason, in order. */
+  decisions: string[];
+  /** Loads waited on, in order. */
+  loads: LoadTrace[];
+  timings: TraceTimings;
+}
+
+/**
+ * Folds one LoadProgress report into a stage's spans: a report of the phase last reported
+ * extends it; a report of another phase ends the last one there and opens its own.
+ */
+export function recordProgress(stage: StageLoadTrace, phase: string, elapsedMs: number): void {
+  const last = stage.spans[stage.spans.length - 1];
+  if (last) last.endMs = Math.max(last.endMs, elapsedMs);
+  if (phase === 'READY') {
+    stage.readyMs = elapsedMs;
+    return;
+  }
+  if (phase !== 'FETCH' && phase !== 'COPY' && phase !== 'INIT') return;
+  if (last?.phase === phase) return;
+  stage.spans.push({ phase, startMs: elapsedMs, endMs: elapsedMs });
+}
+
+/** Total time of one phase in a stage's spans. */
+export function phaseMs(stage: StageLoadTrace, phase: LoadPhaseName): number | null {
+  const spans = stage.spans.filter((s) => s.phase === phase);
+  return spans.length === 0 ? null : spans.reduce((sum, s) => sum + (s.endMs - s.startMs), 0);
+}
+
+function longest(values: (number | null)[]): number | null {
+  const known = values.filter((v): v is number => v !== null);
+  return known.length === 0 ? null : Math.max(...known);
+}
+
+/** Records one request's way through the loop; the loop calls it as things happen. */
+export class RequestTracer {
+  private readonly trace: RequestTrace;
+  private loadWaitMs = 0;
+
+  constructor(requestId: string, model: string, arrivalMs: number) {
+    this.trace = {
+      requestId,
+      model,
+      arrivalMs,
+      status: 'running',
+      error: null,
+      path: null,
+      decisions: [],
+      loads: [],
+      timings: {
+        queueMs: null,
+        loadMs: null,
+        fetchMs: null,
+        copyMs: null,
+        initMs: null,
+        firstTokenMs: null,
+        workerQueueMs: null,
+        prefillMs: null,
+        decodeMs: null,
+        totalMs: null,
+      },
+    };
+  }
+
+  get requestId(): string {
+    return this.trace.requestId;
+  }
+
+  decided(reason: string): void {
+    this.trace.decisions.push(reason);
+  }
+
+  /** The request waited `waitedMs` on a load (its stages keep filling in as reports arrive). */
+  waitedOnLoad(load: LoadTrace, waitedMs: number): void {
+    if (!this.trace.loads.includes(load)) this.trace.loads.push(load);
+    this.loadWaitMs += waitedMs;
+  }
+
+  /** An instance was chosen to run on at `nowMs`; `degree` is its stage count. */
+  placed(workerId: string, instanceId: string, degree: number, nowMs: number): void {
+    const load = this.trace.loads.find((l) => l.instanceId === instanceId) ?? this.trace.loads[this.trace.loads.length - 1];
+    this.trace.path =
+      load === undefined
+        ? { kind: 'warm', instanceId, workerId, degree }
+        : {
+            kind: 'cold',
+            instanceId,
+            workerId,
+            degree: load.coldStart.degree,
+            workers: load.coldStart.workers,
+            joined: load.joined,
+            predictedTtftMs: load.coldStart.prediction?.totalMs ?? null,
+            sloMs: load.coldStart.sloMs,
+            reason: load.coldStart.reason,
+            note: load.coldStart.note,
+          };
+    const t = this.trace.timings;
+    t.queueMs = Math.max(0, nowMs - this.trace.arrivalMs - this.loadWaitMs);
+    t.loadMs = this.trace.loads.length === 0 ? null : this.loadWaitMs;
+  }
+
+  firstToken(nowMs: number): void {
+    this.trace.timings.firstTokenMs ??= nowMs - this.trace.arrivalMs;
+  }
+
+  /** The worker's FinishEvent figures. */
+  finished(workerQueueMs: number, prefillMs: number, decodeMs: number): void {
+    const t = this.trace.timings;
+    t.workerQueueMs = workerQueueMs;
+    t.prefillMs = prefillMs;
+    t.decodeMs = decodeMs;
+  }
+
+  end(nowMs: number, error: string | null): void {
+    this.trace.status = error === null ? 'ok' : 'error';
+    this.trace.error = error;
+    this.trace.timings.totalMs = nowMs - this.trace.arrivalMs;
+  }
+
+  /** A copy of the trace as it stands, load phases summarised from the stages' reports. */
+  snapshot(): RequestTrace {
+    const copy = structuredClone(this.trace);
+    const stages = copy.loads.flatMap((l) => l.stages);
+    copy.timings.fetchMs = longest(stages.map((s) => phaseMs(s, 'FETCH')));
+    copy.timings.copyMs = longest(stages.map((s) => phaseMs(s, 'COPY')));
+    copy.timings.initMs = longest(stages.map((s) => phaseMs(s, 'INIT')));
+    return copy;
+  }
+}
+
+/** The last `capacity` requests' tracers, by request id. */
+export class TraceStore {
+  private readonly tracers = new Map<string, RequestTracer>();
+
+  constructor(readonly capacity: number) {}
+
+  start(requestId: string, model: string, arrivalMs: number): RequestTracer {
+    const tracer = new RequestTracer(requestId, model, arrivalMs);
+    this.tracers.delete(requestId);
+    this.tracers.set(requestId, tracer);
+    while (this.tracers.size > this.capacity) {
+      const oldest = this.tracers.keys().next();
+      if (oldest.done === true) break;
+      this.tracers.delete(oldest.value);
+    }
+    return tracer;
+  }
+
+  get(requestId: string): RequestTrace | null {
+    return this.tracers.get(requestId)?.snapshot() ?? null;
+  }
+}
+
+/** Keeps a header parameter to visible ASCII without separators: others are percent-encoded. */
+function token(value: string): string {
+  return value.replace(/[^A-Za-z0-9._:@#/+-]/g, (c) => encodeURIComponent(c));
+}
+
+/** `warm;instance=m@w0#0;worker=w0` or `cold;k=2;workers=w0,w1;instance=…;predicted_ms=…;slo_ms=…`. */
+export function pathHeader(trace: RequestTrace): string | null {
+  const p = trace.path;
+  if (p === null) return null;
+  if (p.kind === 'warm') return `warm;k=${p.degree};instance=${token(p.instanceId)};worker=${token(p.workerId)}`;
+  const parts = [`cold`, `k=${p.degree}`, `workers=${p.workers.map(token).join(',')}`, `instance=${token(p.instanceId)}`];
+  if (p.joined) parts.push('joined');
+  if (p.predictedTtftMs !== null) parts.push(`predicted_ms=${Math.round(p.predictedTtftMs)}`);
+  if (p.sloMs !== null) parts.push(`slo_ms=${p.sloMs}`);
+  return parts.join(';');
+}
+
+/**
+ * Server-Timing style: `queue;dur=1.2, load;dur=230, fetch;dur=…, …`. `upToFirstToken` keeps
+ * what is known when a stream's headers go out (queue, load and its phases, first token).
+ */
+export function timingHeader(trace: RequestTrace, upToFirstToken: boolean): string {
+  const t = trace.timings;
+  const all: [string, number | null][] = [
+    ['queue', t.queueMs],
+    ['load', t.loadMs],
+    ['fetch', t.fetchMs],
+    ['copy', t.copyMs],
+    ['init', t.initMs],
+    ['first_token', t.firstTokenMs],
+  ];
+  if (!upToFirstToken) all.push(['prefill', t.prefillMs], ['decode', t.decodeMs], ['total', t.totalMs]);
+  return all
+    .filter((e): e is [string, number] => e[1] !== null)
+    .map(([name, ms]) => `${name};dur=${Math.round(ms * 10) / 10}`)
+    .join(', ');
+}

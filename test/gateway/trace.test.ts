@@ -1,0 +1,79 @@
+// Request traces as data: LoadProgress reports folded into phase spans, the path and timing
+// headers a trace becomes, and the store keeping only the last requests.
+import t from 'tap';
+import { pathHeader, phaseMs, recordProgress, RequestTracer, timingHeader, TraceStore, type StageLoadTrace } from '../../gateway/scheduler/trace.js';
+import type { ColdStartExplanation } from '../../gateway/scheduler/types.js';
+
+const explanation: ColdStartExplanation = {
+  source: 'policy',
+  degree: 2,
+  workers: ['w0', 'w 1'],
+  reason: 'cold: degree 2',
+  note: null,
+  sloMs: 500,
+  prediction: null,
+  considered: [],
+};
+
+t.test('recordProgress: a phase lasts until the next phase is reported', async (t) => {
+  const stage: StageLoadTrace = { workerId: 'w0', stageIndex: 0, spans: [], readyMs: null };
+  for (const [phase, ms] of [['FETCH', 1], ['FETCH', 5], ['FETCH', 40], ['INIT', 41], ['COPY', 60], ['COPY', 75], ['READY', 80]] as const) {
+    recordProgress(stage, phase, ms);
+  }
+  t.same(stage.spans, [
+    { phase: 'FETCH', startMs: 1, endMs: 41 },
+    { phase: 'INIT', startMs: 41, endMs: 60 },
+    { phase: 'COPY', startMs: 60, endMs: 80 },
+  ]);
+  t.equal(stage.readyMs, 80);
+  t.equal(phaseMs(stage, 'FETCH'), 40);
+  t.equal(phaseMs(stage, 'INIT'), 19);
+  recordProgress(stage, 'FETCH', 90);
+  recordProgress(stage, 'FETCH', 95);
+  t.equal(phaseMs(stage, 'FETCH'), 45, 'stretches of one phase add up');
+});
+
+t.test('a cold request: path and timing headers, load phases the longest over stages', async (t) => {
+  const tracer = new RequestTracer('req-1', 'm', 1_000);
+  const stages: StageLoadTrace[] = [
+    { workerId: 'w0', stageIndex: 0, spans: [{ phase: 'FETCH', startMs: 0, endMs: 100 }], readyMs: 120 },
+    { workerId: 'w 1', stageIndex: 1, spans: [{ phase: 'FETCH', startMs: 0, endMs: 150 }, { phase: 'INIT', startMs: 150, endMs: 160 }], readyMs: 170 },
+  ];
+  tracer.decided('cold: degree 2');
+  tracer.waitedOnLoad({ instanceId: 'm@w0#0', joined: false, coldStart: { ...explanation, prediction: { totalMs: 412.4 } as ColdStartExplanation['prediction'] }, stages }, 200);
+  tracer.placed('w0', 'm@w0#0', 2, 1_210);
+  tracer.firstToken(1_230);
+  tracer.finished(0.5, 12, 30);
+  const trace = tracer.snapshot();
+  t.match(trace.path, { kind: 'cold', degree: 2, workers: ['w0', 'w 1'], predictedTtftMs: 412.4, sloMs: 500, joined: false });
+  t.equal(pathHeader(trace), 'cold;k=2;workers=w0,w%201;instance=m@w0#0;predicted_ms=412;slo_ms=500');
+  t.match(trace.timings, { queueMs: 10, loadMs: 200, fetchMs: 150, initMs: 10, copyMs: null, firstTokenMs: 230, prefillMs: 12, decodeMs: 30 });
+  t.equal(timingHeader(trace, true), 'queue;dur=10, load;dur=200, fetch;dur=150, init;dur=10, first_token;dur=230');
+  t.equal(timingHeader(trace, false), 'queue;dur=10, load;dur=200, fetch;dur=150, init;dur=10, first_token;dur=230, prefill;dur=12, decode;dur=30');
+  t.equal(trace.status, 'running');
+  tracer.end(1_300, null);
+  t.match(tracer.snapshot(), { status: 'ok', error: null, timings: { totalMs: 300 } });
+  stages[0]!.readyMs = 999;
+  t.equal(trace.loads[0]?.stages[0]?.readyMs, 120, 'a snapshot is a copy');
+});
+
+t.test('a warm request has no load part', async (t) => {
+  const tracer = new RequestTracer('req-2', 'm', 0);
+  tracer.placed('w0', 'm@w0#3', 1, 4);
+  tracer.end(9, 'worker w0 failed');
+  const trace = tracer.snapshot();
+  t.equal(pathHeader(trace), 'warm;k=1;instance=m@w0#3;worker=w0');
+  t.equal(timingHeader(trace, false), 'queue;dur=4, total;dur=9');
+  t.match(trace, { status: 'error', error: 'worker w0 failed' });
+  t.equal(pathHeader(new RequestTracer('req-3', 'm', 0).snapshot()), null, 'not placed: no path');
+});
+
+t.test('TraceStore keeps the last `capacity` requests', async (t) => {
+  const store = new TraceStore(2);
+  store.start('a', 'm', 0);
+  store.start('b', 'm', 0);
+  store.start('c', 'm', 0);
+  t.equal(store.get('a'), null);
+  t.match(store.get('b'), { requestId: 'b', status: 'running' });
+  t.match(store.get('c'), { requestId: 'c' });
+});
