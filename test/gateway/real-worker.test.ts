@@ -40,6 +40,7 @@ t.test('gateway + real CPU worker', { skip: addonError ?? false }, async (t) => 
     drainTimeoutMs: 2_000,
     logLevel: 'silent',
     fetchBandwidthBytesPerS: null,
+    loadOverlap: true,
   });
   t.teardown(() => worker.close());
   await ready;

@@ -237,6 +237,7 @@ t.test('against Swift s3api', { skip }, async (t) => {
       drainTimeoutMs: 2_000,
       logLevel: 'silent',
       fetchBandwidthBytesPerS: null,
+      loadOverlap: true,
     });
     const client = workerClient(worker.address);
     t.teardown(async () => {

@@ -131,6 +131,7 @@ t.test('a capped worker loads at about its cap and reports the measured bandwidt
     drainTimeoutMs: 2_000,
     logLevel: 'silent',
     fetchBandwidthBytesPerS: cap,
+    loadOverlap: true,
   });
   const client = workerClient(worker.address);
   t.teardown(async () => {

@@ -38,6 +38,7 @@ const options: WorkerOptions = {
   drainTimeoutMs: 5_000,
   logLevel: 'silent',
   fetchBandwidthBytesPerS: null,
+  loadOverlap: true,
 };
 
 const scratch = await tempDir('fake-worker');

@@ -45,6 +45,7 @@ const options: WorkerOptions = {
   drainTimeoutMs: 5_000,
   logLevel: 'silent',
   fetchBandwidthBytesPerS: null,
+  loadOverlap: true,
 };
 
 const scratch = await tempDir('worker');
@@ -79,7 +80,9 @@ t.test('LoadStage from file:// streams FETCH … READY and the instance serves',
   const snapshot = await waitForSnapshot(client, (s) => s.instances.some((i) => i.instanceId === 'file-1' && i.residency === 'ON_DEVICE'));
   watch.cancel();
   const phases = events.flatMap((e) => (e.phase?.instanceId === 'file-1' ? [`${e.phase.phase}:${e.phase.ended}`] : []));
-  t.same(phases.slice(0, 2), ['FETCH:false', 'FETCH:true']);
+  t.equal(phases[0], 'FETCH:false');
+  t.same([...phases].sort(), ['COPY:false', 'COPY:true', 'FETCH:false', 'FETCH:true', 'INIT:false', 'INIT:true', 'READY:true'], 'each phase starts and ends once');
+  for (const name of ['FETCH', 'INIT', 'COPY']) t.ok(phases.indexOf(`${name}:false`) < phases.indexOf(`${name}:true`), `${name} starts before it ends`);
   t.equal(phases.at(-1), 'READY:true');
   const instance = snapshot.instances.find((i) => i.instanceId === 'file-1')!;
   t.equal(instance.model, 'tiny');

@@ -1,7 +1,8 @@
 // Chunk verification in the worker: the fetch plan covers whole chunks of the stage's tensors
 // (and nothing of other layers), a chunk corrupted once is refetched and the load succeeds with
 // the right weights, a chunk corrupted on every request fails the load with DATA_LOSS naming
-// file, chunk and digests while the worker keeps serving and holds nothing of the failed load.
+// file, chunk and digests while the worker keeps serving and holds nothing of the failed load
+// (tensors bound from verified chunks before the failure are freed with it).
 import { open, readFile, stat } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -18,7 +19,7 @@ import { parseModelConfig } from '../../worker/models/config.js';
 import { hashModelFiles, type HashedFile } from '../../worker/models/inspect.js';
 import { readCheckpointTensors } from '../../worker/models/safetensors.js';
 import { openModelSource } from '../../worker/models/source.js';
-import { planStageTensors } from '../../worker/models/stage-plan.js';
+import { planStageTensors, wholeModelRange } from '../../worker/models/stage-plan.js';
 import { writeSyntheticModel } from '../../worker/models/synthetic.js';
 import { generate, loadStage, tempDir, tokensOf, unary, waitForSnapshot, workerClient } from './fixtures/harness.js';
 
@@ -159,6 +160,7 @@ const options: WorkerOptions = {
   drainTimeoutMs: 5_000,
   logLevel: 'silent',
   fetchBandwidthBytesPerS: null,
+  loadOverlap: true,
 };
 
 const scratch = await tempDir('integrity');
@@ -232,7 +234,15 @@ t.test('a chunk corrupted on every fetch fails the load with DATA_LOSS; the work
   t.equal(corruption.hits, 2, 'fetched once, refetched once, then given up');
   const expected = hashed.find((f) => f.path === WEIGHTS)!.chunkSha256[targetChunk]!;
   t.match(outcome.details, new RegExp(`^${WEIGHTS.replace('.', '\\.')} chunk ${targetChunk} \\(bytes ${targetChunk * CHUNK_BYTES}-${(targetChunk + 1) * CHUNK_BYTES}\\) failed verification twice: expected sha256 ${expected}, got [0-9a-f]{64}$`));
-  t.notOk(outcome.messages.some((m) => m.phase === 'READY' || m.phase === 'COPY'), 'nothing was bound');
+  t.notOk(outcome.messages.some((m) => m.phase === 'READY'), 'never ready');
+  // The copy overlaps the fetch: tensors whose chunks verified may be bound (then freed with
+  // the stage), but none from the first one touching the corrupted chunk on.
+  const planned = planStageTensors(tensors, config, wholeModelRange(config));
+  const chunkBegin = targetChunk * CHUNK_BYTES;
+  const firstTouching = planned.findIndex((x) => x.file === WEIGHTS && x.begin < chunkBegin + CHUNK_BYTES && chunkBegin < x.end);
+  const boundable = planned.slice(0, firstTouching).reduce((sum, x) => sum + (x.end - x.begin), 0);
+  const copied = Math.max(0, ...outcome.messages.filter((m) => m.phase === 'COPY').map((m) => m.bytesDone));
+  t.ok(firstTouching >= 0 && copied <= boundable, `bound ${copied} bytes, all before the corrupted chunk (${boundable})`);
 
   const snapshot = await waitForSnapshot(client, (s) => !s.instances.some((i) => i.instanceId === 'poisoned'));
   t.same(snapshot.instances.map((i) => i.instanceId).sort(), ['plain', 'refetched']);

@@ -42,6 +42,7 @@ function options(id: string, drainTimeoutMs: number): WorkerOptions {
     drainTimeoutMs,
     logLevel: 'silent',
     fetchBandwidthBytesPerS: null,
+    loadOverlap: true,
   };
 }
 

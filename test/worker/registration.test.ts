@@ -62,6 +62,7 @@ t.test('a worker registers with retries, the admin token, and again when unwatch
     drainTimeoutMs: 1000,
     logLevel: 'silent',
     fetchBandwidthBytesPerS: null,
+    loadOverlap: true,
   });
   const client = workerClient(worker.address);
   t.teardown(async () => {

@@ -1,14 +1,20 @@
 // LoadStage: bring a stage of a model from its source into one host buffer (the instance's
 // host cache copy) and onto a device, reporting each phase. Fetch runs several ranged
-// requests at once in layer order (fetch-plan.ts lays them out); then the runtime is set up
-// (createStage: weights and KV cache space) and every tensor is bound from the host buffer.
-// Overlapping fetch, copy and init per layer arrives with the cold-start issue; this version
-// runs the phases one after the other. A load that fails or is aborted leaves nothing behind:
+// requests at once in layer order (fetch-plan.ts lays them out). With overlap (issue 4, the
+// default), three things run from t=0: the fetch; runtime init (createStage: context, weights
+// and KV cache space — on the CPU backend, allocation); and the copy, which binds each tensor
+// from the host buffer as soon as init is done and every range holding its bytes has landed
+// and been verified, in layer order, while later layers are still fetching. Without overlap
+// the phases run one after the other (fetch, init, copy), the baseline a plain serverless
+// container gives. Each phase's start and end go out as PhaseEvents on the event stream
+// (at_ms since the request arrived); LoadProgress messages stream to the caller throughout.
+// A load that fails or is aborted leaves nothing behind: every task is stopped and awaited,
 // the stage is disposed, the buffer freed, the instance reported FAILED and then removed.
 // Integrity: files registered with chunk hashes are fetched in whole chunks, each verified as
 // it completes; a chunk that fails is fetched once more, and failing again fails the load with
-// DATA_LOSS. Binding starts only after every chunk verified, so an instance never serves
-// unverified bytes (files registered without chunks load unverified, with a warning).
+// DATA_LOSS. A tensor is bound only once every chunk under it verified, and the instance
+// serves only once all are bound, so it never serves unverified bytes (files registered
+// without chunks load unverified, with a warning).
 import { createHash } from 'node:crypto';
 import { setImmediate as yieldToLoop } from 'node:timers/promises';
 import { status } from '@grpc/grpc-js';
@@ -48,6 +54,8 @@ export interface LoaderDeps {
   defaultMaxContext: number;
   /** Ranged requests in flight at once while fetching. */
   fetchConcurrency: number;
+  /** Overlap fetch, runtime init and copy; false: fetch, then init, then copy (the baseline). */
+  loadOverlap: boolean;
 }
 
 /** Receives LoadProgress messages for the LoadStage stream. */
@@ -146,6 +154,18 @@ export function registeredChunks(files: readonly ModelFile__Output[]): Map<strin
   return out;
 }
 
+const RANGES_PER_STAGE = 64;
+const MIN_RANGE_BYTES = 256 * 1024;
+
+/**
+ * Pure: the longest request for a stage of `tensorBytes`: about 1/64 of the stage, so that
+ * every fetch lane has work and the copy follows the fetch closely even for small stages,
+ * within [256 KiB, the default 16 MiB].
+ */
+export function maxRangeBytesFor(tensorBytes: number): number {
+  return Math.min(defaultFetchPlanOptions.maxRangeBytes, Math.max(MIN_RANGE_BYTES, Math.ceil(tensorBytes / RANGES_PER_STAGE)));
+}
+
 function invalid(message: string): WorkerError {
   return new WorkerError(status.INVALID_ARGUMENT, message);
 }
@@ -226,44 +246,78 @@ export async function loadStage(
   const phase = (name: LoadPhase, ended: boolean): void =>
     deps.state.emitPhase({ instanceId: record.id, phase: name, ended, atMs: elapsed() });
 
+  // Every task of the load (init, fetch, copy) stops the others when it fails; the first
+  // failure is the one reported, and nothing is freed until every task has settled.
+  const stop = new AbortController();
+  const loadSignal = AbortSignal.any([signal, stop.signal]);
+  const tasks: Promise<unknown>[] = [];
+  const track = <T>(task: Promise<T>): Promise<T> => {
+    tasks.push(task);
+    task.catch((e: unknown) => stop.abort(e));
+    return task;
+  };
+  const initStage = async (): Promise<StageHandle> => {
+    await yieldToLoop();
+    loadSignal.throwIfAborted();
+    phase('INIT', false);
+    report('INIT', 0, 1);
+    record.nativeStage = deps.addon.createStage(stageSpecFor(config, resolved.spec, deps.backend, device, resolved.maxContext));
+    phase('INIT', true);
+    report('INIT', 1, 1);
+    return record.nativeStage;
+  };
+
   try {
+    phase('FETCH', false);
+    report('FETCH', 0, 0);
+    const init = deps.loadOverlap ? track(initStage()) : null;
     const source = throttledSource(openModelSource(request.source.uri), deps.state.fetchLimiter);
     await verifySizes(source, request.source.files);
-    signal.throwIfAborted();
+    loadSignal.throwIfAborted();
     const tensors = await readCheckpointTensors(source);
-    signal.throwIfAborted();
+    loadSignal.throwIfAborted();
     const planned = planStageTensors(tensors, config, resolved.spec);
-    const plan = planFetch(planned, defaultFetchPlanOptions, chunks);
+    const tensorBytes = planned.reduce((sum, t) => sum + (t.end - t.begin), 0);
+    const plan = planFetch(planned, { ...defaultFetchPlanOptions, maxRangeBytes: maxRangeBytesFor(tensorBytes) }, chunks);
     if (plan.unverifiedFiles.length > 0) {
       log.warn({ files: plan.unverifiedFiles }, 'loading unverified bytes: these files were registered without chunk hashes');
     }
 
     deps.state.reserveHostBytes(record, plan.totalBytes);
-    record.hostBuffer = deps.addon.allocHostBuffer(plan.totalBytes, true);
+    const buffer = deps.addon.allocHostBuffer(plan.totalBytes, true);
+    record.hostBuffer = buffer;
 
-    phase('FETCH', false);
     report('FETCH', 0, plan.fetchBytes);
+    const landed = new LandedTensors(tensorRanges(planned, plan));
     const fetchStarted = performance.now();
-    await fetchInto(deps, log, source, plan, record.hostBuffer, signal, (done) => report('FETCH', done, plan.fetchBytes));
-    const fetchSeconds = (performance.now() - fetchStarted) / 1000;
-    if (fetchSeconds > 0) deps.state.recordFetchRate(plan.fetchBytes / fetchSeconds);
-    phase('FETCH', true);
-
-    phase('INIT', false);
-    report('INIT', 0, 0);
-    record.nativeStage = deps.addon.createStage(stageSpecFor(config, resolved.spec, deps.backend, device, resolved.maxContext));
-    phase('INIT', true);
-
-    phase('COPY', false);
-    await bindAll(deps.addon, record.nativeStage, record.hostBuffer, planned, plan, signal, (done) =>
-      report('COPY', done, plan.tensorBytes),
+    const fetching = track(
+      fetchInto(deps, log, source, plan, buffer, loadSignal, (index, done) => {
+        landed.rangeDone(index);
+        report('FETCH', done, plan.fetchBytes);
+      }).then(() => {
+        const fetchSeconds = (performance.now() - fetchStarted) / 1000;
+        if (fetchSeconds > 0) deps.state.recordFetchRate(plan.fetchBytes / fetchSeconds);
+        phase('FETCH', true);
+      }),
     );
-    signal.throwIfAborted();
-    const missing = deps.addon.missingTensors(record.nativeStage);
-    if (missing.length > 0) throw invalid(`the checkpoint lacks tensors the stage needs: ${missing.join(', ')}`);
-    phase('COPY', true);
+    const copy = async (stage: StageHandle): Promise<void> => {
+      await bindAsLanded(deps.addon, stage, buffer, planned, plan, landed, loadSignal, () => phase('COPY', false), (done) =>
+        report('COPY', done, plan.tensorBytes),
+      );
+      loadSignal.throwIfAborted();
+      const missing = deps.addon.missingTensors(stage);
+      if (missing.length > 0) throw invalid(`the checkpoint lacks tensors the stage needs: ${missing.join(', ')}`);
+      phase('COPY', true);
+    };
+    if (init !== null) {
+      await Promise.all([fetching, track(init.then(copy))]);
+    } else {
+      await fetching;
+      await copy(await track(initStage()));
+    }
+    loadSignal.throwIfAborted();
 
-    const stage = record.nativeStage;
+    const stage = record.nativeStage!;
     record.measureDeviceBytes = () => deps.addon.stageDeviceBytes(stage);
     record.deviceBytes = record.measureDeviceBytes();
     record.runner = nativeStageRunner(deps.addon, stage);
@@ -274,7 +328,9 @@ export async function loadStage(
     log.info({ elapsedMs: Math.round(elapsed()), hostBytes: record.hostBytes, deviceBytes: record.deviceBytes }, 'load ready');
     settle(null);
   } catch (e) {
-    const failure = toStatus(signal.aborted ? (signal.reason ?? e) : e);
+    stop.abort(e);
+    await Promise.allSettled(tasks);
+    const failure = toStatus(loadSignal.reason ?? e);
     log.warn({ code: failure.code, details: failure.details }, 'load failed');
     releaseNative(deps.addon, record);
     deps.state.failInstance(record, failure.details);
@@ -397,7 +453,8 @@ async function fetchVerified(
 
 /**
  * Runs the plan's ranges with deps.fetchConcurrency requests in flight, in plan order, writing
- * the needed bytes at their place in the buffer and verifying chunks. On the first failure the
+ * the needed bytes at their place in the buffer and verifying chunks; calls back as each range
+ * has every chunk verified (refetches included). On the first failure the
  * others are aborted, and this returns only once none is running (the buffer may be freed after).
  */
 async function fetchInto(
@@ -407,7 +464,7 @@ async function fetchInto(
   plan: FetchPlan,
   buffer: HostBufferHandle,
   signal: AbortSignal,
-  onProgress: (bytesDone: number) => void,
+  onRangeDone: (rangeIndex: number, bytesDone: number) => void,
 ): Promise<void> {
   const stop = new AbortController();
   const fetchSignal = AbortSignal.any([signal, stop.signal]);
@@ -416,7 +473,8 @@ async function fetchInto(
   let failure: { error: unknown } | null = null;
   const lane = async (): Promise<void> => {
     while (next < plan.ranges.length && !fetchSignal.aborted) {
-      const range = plan.ranges[next++]!;
+      const index = next++;
+      const range = plan.ranges[index]!;
       try {
         await fetchVerified(deps, log, source, range, buffer, fetchSignal);
       } catch (e) {
@@ -425,7 +483,7 @@ async function fetchInto(
         return;
       }
       done += range.end - range.begin;
-      onProgress(done);
+      onRangeDone(index, done);
     }
   };
   await Promise.all(Array.from({ length: Math.max(1, deps.fetchConcurrency) }, lane));
@@ -433,24 +491,100 @@ async function fetchInto(
   if (failure !== null) throw (failure as { error: unknown }).error;
 }
 
-/** Binds every planned tensor from the host buffer, yielding to the event loop between them. */
-async function bindAll(
+/**
+ * Pure: for each planned tensor (in plan order), the indices of the plan's ranges that fetch
+ * its bytes. Ranges of one file never overlap, so these are the ranges of its file that
+ * intersect it.
+ */
+export function tensorRanges(planned: readonly Pick<TensorInfo, 'file' | 'begin' | 'end'>[], plan: Pick<FetchPlan, 'ranges'>): number[][] {
+  const byFile = new Map<string, { index: number; begin: number; end: number }[]>();
+  plan.ranges.forEach((r, index) => {
+    let list = byFile.get(r.file);
+    if (list === undefined) byFile.set(r.file, (list = []));
+    list.push({ index, begin: r.begin, end: r.end });
+  });
+  return planned.map((t) => (byFile.get(t.file) ?? []).filter((r) => r.begin < t.end && t.begin < r.end).map((r) => r.index));
+}
+
+/**
+ * Which planned tensors have landed: every range holding their bytes fetched and verified.
+ * whenLanded(i) waits for tensor i, or rejects with the signal's reason once it aborts.
+ */
+export class LandedTensors {
+  private readonly outstanding: number[];
+  private readonly tensorsOfRange = new Map<number, number[]>();
+  private readonly waiters = new Map<number, () => void>();
+
+  constructor(rangesOfTensor: readonly (readonly number[])[]) {
+    this.outstanding = rangesOfTensor.map((ranges) => ranges.length);
+    rangesOfTensor.forEach((ranges, tensor) => {
+      for (const range of ranges) {
+        let list = this.tensorsOfRange.get(range);
+        if (list === undefined) this.tensorsOfRange.set(range, (list = []));
+        list.push(tensor);
+      }
+    });
+  }
+
+  landed(tensor: number): boolean {
+    return this.outstanding[tensor] === 0;
+  }
+
+  rangeDone(range: number): void {
+    for (const tensor of this.tensorsOfRange.get(range) ?? []) {
+      const left = (this.outstanding[tensor] ?? 0) - 1;
+      this.outstanding[tensor] = left;
+      if (left === 0) this.waiters.get(tensor)?.();
+    }
+  }
+
+  whenLanded(tensor: number, signal: AbortSignal): Promise<void> {
+    if (this.landed(tensor)) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      if (signal.aborted) {
+        reject(signal.reason as Error);
+        return;
+      }
+      const onAbort = (): void => {
+        this.waiters.delete(tensor);
+        reject(signal.reason as Error);
+      };
+      signal.addEventListener('abort', onAbort, { once: true });
+      this.waiters.set(tensor, () => {
+        signal.removeEventListener('abort', onAbort);
+        this.waiters.delete(tensor);
+        resolve();
+      });
+    });
+  }
+}
+
+/**
+ * Binds every planned tensor from the host buffer in plan (layer) order, each as soon as it has
+ * landed, yielding to the event loop between them; onStart fires before the first bind.
+ */
+async function bindAsLanded(
   addon: NativeAddon,
   stage: StageHandle,
   buffer: HostBufferHandle,
   planned: readonly TensorInfo[],
   plan: FetchPlan,
+  landed: LandedTensors,
   signal: AbortSignal,
+  onStart: () => void,
   onProgress: (bytesDone: number) => void,
 ): Promise<void> {
   let done = 0;
-  for (const t of planned) {
+  for (const [i, t] of planned.entries()) {
+    await landed.whenLanded(i, signal);
     signal.throwIfAborted();
+    if (i === 0) onStart();
     addon.bindTensor(stage, { name: t.name, dtype: t.dtype, shape: t.shape, buffer, offset: plan.offsets.get(t.name)! });
     done += t.end - t.begin;
     onProgress(done);
     await yieldToLoop();
   }
+  if (planned.length === 0) onStart();
 }
 
 /**

@@ -38,6 +38,8 @@ export interface WorkerOptions {
   logLevel: string;
   /** Cap on the bytes per second all of the worker's fetches share; null: no cap. */
   fetchBandwidthBytesPerS: number | null;
+  /** Loads overlap fetch, runtime init and copy; false runs them one after another (baselines). */
+  loadOverlap: boolean;
 }
 
 export interface RunningWorker {
@@ -125,13 +127,14 @@ export async function startWorkerWith(opts: WorkerOptions, runtime: WorkerRuntim
       logger: log,
       defaultMaxContext: opts.maxContext,
       fetchConcurrency: FETCH_CONCURRENCY,
+      loadOverlap: opts.loadOverlap,
       drainTimeoutMs: opts.drainTimeoutMs,
     }),
   );
   state.setLifecycle('READY');
   addon.notifySystemd('READY=1');
   log.info(
-    { address, bound: formatAddress(opts.host, port), hostCacheBytes: opts.hostCacheBytes, fetchBandwidthBytesPerS: opts.fetchBandwidthBytesPerS },
+    { address, bound: formatAddress(opts.host, port), hostCacheBytes: opts.hostCacheBytes, fetchBandwidthBytesPerS: opts.fetchBandwidthBytesPerS, loadOverlap: opts.loadOverlap },
     'worker ready',
   );
 

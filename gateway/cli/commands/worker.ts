@@ -19,6 +19,7 @@ interface WorkerFlags {
   drainTimeoutMs: number;
   logLevel: string;
   fetchBandwidth: number | null;
+  loadOverlap: boolean;
 }
 
 const BIT_SCALES: Record<string, number> = { '': 1, k: 1e3, m: 1e6, g: 1e9, t: 1e12 };
@@ -45,6 +46,17 @@ export function parseBandwidth(value: string): number | null {
   }
   if (!(bytes > 0) || !Number.isSafeInteger(bytes)) throw new InvalidArgumentError(BANDWIDTH_HINT);
   return bytes;
+}
+
+/**
+ * PARASERVE_LOAD_OVERLAP: unset or empty, 1/true/yes/on → overlap; 0/false/no/off → one phase
+ * after another. (Commander's env support would turn any value of a --no- flag's variable off.)
+ */
+export function parseLoadOverlapEnv(value: string | undefined): boolean {
+  const v = (value ?? '').trim().toLowerCase();
+  if (v === '' || ['1', 'true', 'yes', 'on'].includes(v)) return true;
+  if (['0', 'false', 'no', 'off'].includes(v)) return false;
+  throw new InvalidArgumentError(`PARASERVE_LOAD_OVERLAP: expected 0/false or 1/true, got ${JSON.stringify(value)}`);
 }
 
 export function registerWorkerCommand(program: Command): void {
@@ -80,8 +92,20 @@ export function registerWorkerCommand(program: Command): void {
         .argParser(parseBandwidth)
         .env('PARASERVE_FETCH_BANDWIDTH'),
     )
+    .addOption(
+      new Option(
+        '--no-load-overlap',
+        'load models one phase after another (fetch, then runtime init, then copy), a baseline; also PARASERVE_LOAD_OVERLAP=0',
+      ),
+    )
     .addOption(logLevelOption())
-    .action(async (flags: WorkerFlags) => {
+    .action(async (flags: WorkerFlags, command: Command) => {
+      let envOverlap: boolean;
+      try {
+        envOverlap = parseLoadOverlapEnv(process.env.PARASERVE_LOAD_OVERLAP);
+      } catch (e) {
+        command.error(`error: ${e instanceof Error ? e.message : String(e)}`);
+      }
       const { startWorker } = await import('../../../worker/daemon/main.js');
       const worker = await startWorker({
         id: flags.id ?? null,
@@ -94,6 +118,7 @@ export function registerWorkerCommand(program: Command): void {
         drainTimeoutMs: flags.drainTimeoutMs,
         logLevel: flags.logLevel,
         fetchBandwidthBytesPerS: flags.fetchBandwidth,
+        loadOverlap: flags.loadOverlap && envOverlap,
       });
       announceReady({ type: 'paraserve:ready', role: 'worker', url: null, id: worker.id, address: worker.address });
       const reason = await waitForStop();
