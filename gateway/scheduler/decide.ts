@@ -9,6 +9,11 @@
 //      distinct workers with the least contended links (coldstart.ts chooseDegree); else one
 //      whole-model instance on the READY worker device with the most free memory that fits;
 //   4. otherwise 503 with what was missing.
+// No instance is runnable while a load of it the gateway started has not answered READY, even
+// if a worker's snapshot already lists it ON_DEVICE (a pipeline whose other stage is still
+// loading, or failing). withoutWorkers() is how the loop re-places a request whose load died
+// with its worker: the same decision over a state where that worker counts as DOWN;
+// withoutInstances() hides a failed pipeline's stages while they are being unloaded.
 import type { InstanceView, WorkerView } from '../cluster/worker-view.js';
 import { chooseDegree, COLD_START_DEFAULTS, serverFigures, type DegreeDecision } from './coldstart.js';
 import { formatBytes } from './format.js';
@@ -39,12 +44,44 @@ interface Runnable {
   active: number;
 }
 
+/**
+ * The state with the named workers counted DOWN (their streams may not have ended yet): what
+ * a request decides over after a load of it died with one of them.
+ */
+export function withoutWorkers(state: SchedulerState, excluded: ReadonlySet<string>): SchedulerState {
+  if (excluded.size === 0) return state;
+  return { ...state, workers: state.workers.map((w) => (excluded.has(w.id) ? { ...w, state: 'DOWN' } : w)) };
+}
+
+/**
+ * The state with the named instances counted FAILED in every worker's list: a failed
+ * pipeline's stages the gateway is unloading (whatever a worker's snapshot still says, they are
+ * never run on, and their ids stay taken).
+ */
+export function withoutInstances(state: SchedulerState, retired: ReadonlySet<string>): SchedulerState {
+  if (retired.size === 0) return state;
+  return {
+    ...state,
+    workers: state.workers.map((w) =>
+      w.instances.some((i) => retired.has(i.instanceId))
+        ? { ...w, instances: w.instances.map((i) => (retired.has(i.instanceId) ? { ...i, residency: 'FAILED' } : i)) }
+        : w,
+    ),
+  };
+}
+
+/** Instance ids with a load the gateway started that has not answered READY. */
+function stillLoading(state: SchedulerState): Set<string> {
+  return new Set(state.loads.filter((l) => l.status === 'loading').map((l) => l.instanceId));
+}
+
 function runnableInstances(state: SchedulerState, ready: readonly WorkerView[], model: string): Runnable[] {
+  const loading = stillLoading(state);
   const active = (id: string, reported: number): number => Math.max(reported, state.gatewayActive.get(id) ?? 0);
   const out: Runnable[] = [];
   for (const w of ready) {
     for (const i of w.instances) {
-      if (i.model === model && i.residency === 'ON_DEVICE' && servesWholeModel(i)) {
+      if (i.model === model && i.residency === 'ON_DEVICE' && servesWholeModel(i) && !loading.has(i.instanceId)) {
         out.push({ workerId: w.id, instanceId: i.instanceId, active: active(i.instanceId, i.activeRequests) });
       }
     }
@@ -60,7 +97,7 @@ function runnableInstances(state: SchedulerState, ready: readonly WorkerView[], 
       }
     }
   }
-  return [...out, ...runnablePipelines(state, ready, model, active)];
+  return [...out, ...runnablePipelines(state, ready, model, active).filter((r) => !loading.has(r.instanceId))];
 }
 
 /** Pipelines of the model whose every stage is ON_DEVICE (or answered READY) on a READY worker. */
@@ -274,8 +311,10 @@ export function decide(state: SchedulerState, req: ScheduleRequest, now: number)
   }
 
   const readyIds = new Set(ready.map((w) => w.id));
+  const onReadyWorkers = (instanceId: string): boolean =>
+    state.loads.every((l) => l.instanceId !== instanceId || readyIds.has(l.workerId));
   const loading = state.loads
-    .filter((l) => l.model === req.model && l.status === 'loading' && readyIds.has(l.workerId))
+    .filter((l) => l.model === req.model && l.status === 'loading' && onReadyWorkers(l.instanceId))
     .sort((a, b) => a.startedMs - b.startedMs);
   const joined = loading[0];
   if (joined) {

@@ -6,12 +6,21 @@
 // its checkpoint headers). A pipeline's stages load in parallel with every stage's address as
 // peers, and Generate runs on stage 0, which drives the others (worker/daemon/pipeline.ts).
 // Each request's path and phase times go to its RequestTracer (trace.ts).
+// Faults during a cold start: a load (whole model or any stage) whose worker dies or becomes
+// unreachable (LoadStage fails UNAVAILABLE, or the event stream marks the worker DOWN, which
+// cancels the load) is re-placed for every request waiting on it — decide() again over a state
+// where that worker counts DOWN (its stream may not have ended yet), at most MAX_REPLACEMENTS
+// times and only while the request's deadline (arrival + requestTimeoutMs) leaves time; a
+// re-placed load is waited on no longer than that deadline. Otherwise the request gets a 503
+// naming the worker and the reason. Errors that are the model's or the request's fault
+// (INVALID_ARGUMENT, DATA_LOSS, NOT_FOUND, …) are never re-placed.
 import type { ClientReadableStream } from '@grpc/grpc-js';
 import { status as GrpcStatus } from '@grpc/grpc-js';
 import type { FastifyBaseLogger } from 'fastify';
 import type { GenerateEvent__Output } from '../../protos/generated/paraserve/v1/GenerateEvent.js';
 import type { LoadProgress__Output } from '../../protos/generated/paraserve/v1/LoadProgress.js';
 import type { ClusterState } from '../cluster/cluster-state.js';
+import type { WorkerStateName } from '../cluster/worker-view.js';
 import { isServiceError } from '../cluster/worker-channel.js';
 import {
   ApiError,
@@ -27,7 +36,7 @@ import { readCheckpointTensors } from '../../worker/models/safetensors.js';
 import { openModelSource } from '../../worker/models/source.js';
 import { planStages, stageByteProfile, stageBytes, type StageByteProfile } from '../../worker/models/stage-plan.js';
 import type { WorkerChannel } from '../cluster/worker-channel.js';
-import { decide } from './decide.js';
+import { decide, withoutInstances, withoutWorkers } from './decide.js';
 import { TraceStore, recordProgress, type LoadTrace, type RequestTrace, type RequestTracer, type StageLoadTrace } from './trace.js';
 import type {
   ColdStartExplanation,
@@ -123,6 +132,10 @@ async function profileOf(model: LoadableModel): Promise<StageByteProfile> {
 
 /** Decisions per request before giving up (a load finishing counts as one). */
 const MAX_DECISIONS = 4;
+/** Times a request's load is re-placed after its worker died or became unreachable. */
+export const MAX_REPLACEMENTS = 2;
+/** A request is re-placed only while its deadline is at least this far away. */
+export const MIN_REPLACE_MS = 200;
 /** Generate attempts per request while no token has arrived yet. */
 const MAX_GENERATE_ATTEMPTS = 3;
 const UNLOAD_TIMEOUT_MS = 10_000;
@@ -130,6 +143,35 @@ const UNLOAD_TIMEOUT_MS = 10_000;
 function describe(e: unknown): string {
   if (isServiceError(e)) return e.details || e.message;
   return e instanceof Error ? e.message : String(e);
+}
+
+/**
+ * Whether a load that failed with gRPC status `code` (null: its stream ended before READY)
+ * died with its worker: 'lost' once the worker is DOWN or forgotten (its event stream saw it
+ * go); 'confirm' for UNAVAILABLE while it still looks up — a dropped connection, or the worker
+ * saying its model store is unreachable: lost only if the event stream, which shares the
+ * connection, breaks within LOST_CONFIRM_MS; 'own' for the load's own failure (the model's or
+ * the request's fault, a full cache, a timeout), never re-placed.
+ */
+export function loadFailureKind(code: number | null, workerState: WorkerStateName | null): 'lost' | 'confirm' | 'own' {
+  if (workerState === null || workerState === 'DOWN') return 'lost';
+  return code === GrpcStatus.UNAVAILABLE ? 'confirm' : 'own';
+}
+
+/** How long an UNAVAILABLE load waits for its worker's event stream to confirm the loss. */
+export const LOST_CONFIRM_MS = 2_000;
+
+/** A load failed: `error` is what a request gets unless the load is re-placed (workerLost). */
+class LoadFailedError extends Error {
+  override readonly name = 'LoadFailedError';
+
+  constructor(
+    readonly error: ApiError,
+    readonly workerId: string,
+    readonly workerLost: boolean,
+  ) {
+    super(error.message);
+  }
 }
 
 /** Whether a Generate that failed before its first token may be tried again elsewhere. */
@@ -157,6 +199,10 @@ function abortable<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
 
 export class SchedulerLoop {
   private readonly loads = new Map<string, LoadEntry>();
+  /** Instances of failed pipelines, hidden from decide() until no worker lists them. */
+  private readonly retired = new Set<string>();
+  /** LoadStage calls cancelled because their worker went DOWN. */
+  private readonly abandoned = new WeakSet<ClientReadableStream<LoadProgress__Output>>();
   /** Stage plans per model and source (the headers do not change under a registered model). */
   private readonly plans = new Map<string, Promise<PlannedStage[] | null>>();
   /** Byte profiles per model and source, for the cold-start policy. */
@@ -189,47 +235,107 @@ export class SchedulerLoop {
     };
   }
 
-  /** Decides and performs until the model has an instance to run on; ApiError when it cannot. */
-  async place(model: LoadableModel, signal: AbortSignal, trace: RequestTracer): Promise<{ workerId: string; instanceId: string }> {
+  /**
+   * Decides and performs until the model has an instance to run on; ApiError when it cannot.
+   * A load that dies with its worker is re-placed without that worker (see the file comment)
+   * while `deadlineMs` (gateway clock) leaves time.
+   */
+  async place(
+    model: LoadableModel,
+    signal: AbortSignal,
+    trace: RequestTracer,
+    deadlineMs: number,
+  ): Promise<{ workerId: string; instanceId: string }> {
     const pipeline = await abortable(this.pipelinePlan(model), signal);
     const coldStart = pipeline === null ? await abortable(this.coldStartRequest(model), signal) : null;
     const request: ScheduleRequest = { model: model.name, modelBytes: model.bytes, range: model.range, pipeline, coldStart };
-    for (let i = 0; i < MAX_DECISIONS; i++) {
+    const excluded = new Set<string>();
+    /** The last load that died with its worker; once set, waits end at the deadline. */
+    let lost: LoadFailedError | null = null;
+    let failures = 0;
+    const bound = (): { atMs: number; error: () => ApiError } | null =>
+      lost === null
+        ? null
+        : {
+            atMs: deadlineMs,
+            error: () => serviceUnavailable(`${lost?.message ?? ''}; the re-placed load did not finish before the request's deadline`, 'worker_lost'),
+          };
+    for (let i = 0; i < MAX_DECISIONS + MAX_REPLACEMENTS; i++) {
       if (signal.aborted) throw clientClosed();
       if (this.closed) throw serviceUnavailable('the gateway is shutting down', 'shutting_down');
-      const action = decide(this.state(), request, Date.now());
+      const action = decide(withoutInstances(withoutWorkers(this.state(), excluded), this.retired), request, Date.now());
       this.log.debug({ model: model.name, action }, 'scheduling decision');
       if (action.kind !== 'reject') trace.decided(action.reason);
-      switch (action.kind) {
-        case 'run-on':
-          trace.placed(action.workerId, action.instanceId, this.degreeOf(action.workerId, action.instanceId), Date.now());
-          return { workerId: action.workerId, instanceId: action.instanceId };
-        case 'await-load': {
-          const entry = this.loads.get(action.instanceId);
-          if (entry) await this.waitOnLoad(entry, action.instanceId, true, signal, trace);
-          break;
+      try {
+        switch (action.kind) {
+          case 'run-on':
+            trace.placed(action.workerId, action.instanceId, this.degreeOf(action.workerId, action.instanceId), Date.now());
+            return { workerId: action.workerId, instanceId: action.instanceId };
+          case 'await-load': {
+            const entry = this.loads.get(action.instanceId);
+            if (entry) await this.waitOnLoad(entry, action.instanceId, true, signal, trace, bound());
+            break;
+          }
+          case 'load-then-run':
+            await this.waitOnLoad(this.startLoad(model, action), action.instanceId, false, signal, trace, bound());
+            break;
+          case 'load-pipeline-then-run':
+            await this.waitOnLoad(this.startPipelineLoad(model, action), action.instanceId, false, signal, trace, bound());
+            break;
+          case 'reject':
+            trace.decided(`rejected: ${action.reason}`);
+            throw lost === null
+              ? serviceUnavailable(action.reason)
+              : serviceUnavailable(`${lost.message}; re-placing the request failed: ${action.reason}`, 'worker_lost');
         }
-        case 'load-then-run':
-          await this.waitOnLoad(this.startLoad(model, action), action.instanceId, false, signal, trace);
-          break;
-        case 'load-pipeline-then-run':
-          await this.waitOnLoad(this.startPipelineLoad(model, action), action.instanceId, false, signal, trace);
-          break;
-        case 'reject':
-          trace.decided(`rejected: ${action.reason}`);
-          throw serviceUnavailable(action.reason);
+      } catch (e) {
+        if (!(e instanceof LoadFailedError)) throw e;
+        if (!e.workerLost) throw e.error;
+        trace.attemptFailed({ instanceId: action.kind === 'reject' ? '' : action.instanceId, workerId: e.workerId, reason: e.message, atMs: Date.now() });
+        failures += 1;
+        const leftMs = deadlineMs - Date.now();
+        if (failures > MAX_REPLACEMENTS) {
+          trace.decided(`failed: ${e.message}; not re-placed: ${MAX_REPLACEMENTS} re-placements tried`);
+          throw serviceUnavailable(`${e.message}; not re-placed: ${MAX_REPLACEMENTS} re-placements tried`, 'worker_lost');
+        }
+        if (leftMs < MIN_REPLACE_MS) {
+          trace.decided(`failed: ${e.message}; not re-placed: the request's deadline is ${Math.max(0, leftMs)} ms away`);
+          throw serviceUnavailable(`${e.message}; not re-placed: the request's deadline is ${Math.max(0, leftMs)} ms away`, 'worker_lost');
+        }
+        trace.decided(`failed: ${e.message}; re-placing without worker ${e.workerId}`);
+        this.log.warn({ model: model.name, worker: e.workerId, err: e.message }, 'a load died with its worker; re-placing the request');
+        excluded.add(e.workerId);
+        lost = e;
       }
     }
     throw serviceUnavailable(`could not place model '${model.name}' after ${MAX_DECISIONS} scheduling decisions`);
   }
 
-  /** Waits for a load, telling the trace how long and what the load reports. */
-  private async waitOnLoad(entry: LoadEntry, instanceId: string, joined: boolean, signal: AbortSignal, trace: RequestTracer): Promise<void> {
+  /**
+   * Waits for a load, telling the trace how long and what the load reports; with a `deadline`,
+   * no later than its time (then its error).
+   */
+  private async waitOnLoad(
+    entry: LoadEntry,
+    instanceId: string,
+    joined: boolean,
+    signal: AbortSignal,
+    trace: RequestTracer,
+    deadline: { atMs: number; error: () => ApiError } | null,
+  ): Promise<void> {
     const load: LoadTrace = { instanceId, joined, coldStart: entry.coldStart, stages: entry.stages };
     const started = Date.now();
+    let timer: NodeJS.Timeout | null = null;
+    const expiry =
+      deadline === null
+        ? null
+        : new Promise<never>((_resolve, reject) => {
+            timer = setTimeout(() => reject(deadline.error()), Math.max(0, deadline.atMs - Date.now()));
+          });
     try {
-      await abortable(entry.done, signal);
+      await abortable(expiry === null ? entry.done : Promise.race([entry.done, expiry]), signal);
     } finally {
+      if (timer !== null) clearTimeout(timer);
       trace.waitedOnLoad(load, Date.now() - started);
     }
   }
@@ -277,7 +383,7 @@ export class SchedulerLoop {
 
   private async *attempts(model: LoadableModel, params: GenerationParams, signal: AbortSignal): AsyncGenerator<GenerationEvent> {
     for (let attempt = 1; ; attempt++) {
-      const { workerId, instanceId } = await this.place(model, signal, params.trace);
+      const { workerId, instanceId } = await this.place(model, signal, params.trace, params.arrivalMs + this.opts.requestTimeoutMs);
       const channel = this.cluster.channel(workerId);
       if (!channel) {
         if (attempt < MAX_GENERATE_ATTEMPTS) continue;
@@ -472,7 +578,7 @@ export class SchedulerLoop {
     return this.track(model, {
       loads: [load],
       calls: [call],
-      done: this.loadSettled(call, `model '${model.name}' on worker ${action.workerId}`, stage),
+      done: this.loadSettled(call, `model '${model.name}' on worker ${action.workerId}`, action.workerId, stage),
       coldStart: action.coldStart,
       stages: [stage],
     });
@@ -520,17 +626,21 @@ export class SchedulerLoop {
     );
     const stages: StageLoadTrace[] = action.stages.map((s, stageIndex) => ({ workerId: s.workerId, stageIndex, spans: [], readyMs: null }));
     const settled = calls.map((call, index) =>
-      this.loadSettled(call, `stage ${index} of model '${model.name}' on worker ${action.stages[index]!.workerId}`, stages[index]!),
+      this.loadSettled(call, `stage ${index} of model '${model.name}' on worker ${action.stages[index]!.workerId}`, action.stages[index]!.workerId, stages[index]!),
     );
     const done = Promise.all(settled).then(
       () => undefined,
       (e: unknown) => {
+        // A stage may finish loading as its cancel arrives (a worker keeps what it loaded), so
+        // every stage on a worker still up is unloaded; one that holds nothing answers NOT_FOUND.
+        this.retired.add(action.instanceId);
         for (const call of calls) call.cancel();
-        void Promise.allSettled(settled).then((outcomes) => {
-          for (const [index, outcome] of outcomes.entries()) {
-            if (outcome.status !== 'fulfilled') continue;
+        void Promise.allSettled(settled).then(() => {
+          for (const [index, stage] of action.stages.entries()) {
+            if (this.cluster.channel(stage.workerId) === null) continue;
             channels[index]!.unloadStage(action.instanceId, UNLOAD_TIMEOUT_MS).catch((err: unknown) => {
-              this.log.warn({ worker: action.stages[index]!.workerId, instanceId: action.instanceId, err: describe(err) }, 'unload failed');
+              if (isServiceError(err) && err.code === GrpcStatus.NOT_FOUND) return;
+              this.log.warn({ worker: stage.workerId, instanceId: action.instanceId, err: describe(err) }, 'unload failed');
             });
           }
         });
@@ -540,26 +650,71 @@ export class SchedulerLoop {
     return this.track(model, { loads, calls, done, coldStart: action.coldStart, stages });
   }
 
-  /** Resolves when a LoadStage stream ended after READY; rejects with the ApiError to report. */
-  private loadSettled(call: ClientReadableStream<LoadProgress__Output>, where: string, trace: StageLoadTrace): Promise<void> {
+  /**
+   * Resolves when a LoadStage stream ended after READY; rejects with a LoadFailedError (the
+   * ApiError to report, and whether the load died with its worker).
+   */
+  private loadSettled(call: ClientReadableStream<LoadProgress__Output>, where: string, workerId: string, trace: StageLoadTrace): Promise<void> {
+    const workerState = (): WorkerStateName | null => this.cluster.view(workerId)?.state ?? null;
+    const lostError = (why: string): LoadFailedError =>
+      new LoadFailedError(
+        serviceUnavailable(`loading ${where} failed: worker ${workerId} ${workerState() === 'DOWN' || workerState() === null ? 'went DOWN' : 'became unreachable'} (${why})`, 'worker_lost'),
+        workerId,
+        true,
+      );
     return new Promise<void>((resolve, reject) => {
       let lastPhase = 'none';
       call.on('data', (p: LoadProgress__Output) => {
         lastPhase = p.phase;
         recordProgress(trace, p.phase, p.elapsedMs);
       });
+      // grpc-js may also emit 'end' after 'error'; the error (possibly confirmed later) decides.
+      let failed = false;
       call.on('error', (e: unknown) => {
-        if (isServiceError(e) && e.code === GrpcStatus.DEADLINE_EXCEEDED) {
-          reject(gatewayTimeout(`loading ${where} did not finish within ${this.opts.loadTimeoutMs} ms`));
-        } else if (isServiceError(e) && e.code === GrpcStatus.RESOURCE_EXHAUSTED) {
-          reject(serviceUnavailable(`loading ${where} failed: ${describe(e)}`, 'worker_busy'));
+        failed = true;
+        if (this.abandoned.has(call)) return reject(lostError('the gateway lost its event stream, so its load was abandoned'));
+        const code = isServiceError(e) ? e.code : null;
+        const kind = loadFailureKind(code ?? GrpcStatus.UNKNOWN, workerState());
+        if (code === GrpcStatus.DEADLINE_EXCEEDED) {
+          reject(new LoadFailedError(gatewayTimeout(`loading ${where} did not finish within ${this.opts.loadTimeoutMs} ms`), workerId, false));
+        } else if (kind === 'lost') {
+          reject(lostError(describe(e)));
+        } else if (kind === 'confirm') {
+          void this.confirmDown(workerId).then((down) =>
+            reject(down ? lostError(describe(e)) : new LoadFailedError(serviceUnavailable(`loading ${where} failed: ${describe(e)}`), workerId, false)),
+          );
+        } else if (code === GrpcStatus.RESOURCE_EXHAUSTED) {
+          reject(new LoadFailedError(serviceUnavailable(`loading ${where} failed: ${describe(e)}`, 'worker_busy'), workerId, false));
         } else {
-          reject(workerFailed(`loading ${where} failed: ${describe(e)}`));
+          reject(new LoadFailedError(workerFailed(`loading ${where} failed: ${describe(e)}`), workerId, false));
         }
       });
       call.on('end', () => {
+        if (failed) return;
         if (lastPhase === 'READY') resolve();
-        else reject(workerFailed(`loading ${where} ended before READY (last phase: ${lastPhase})`));
+        else if (loadFailureKind(null, workerState()) === 'lost') reject(lostError(`its load stream ended before READY, last phase ${lastPhase}`));
+        else reject(new LoadFailedError(workerFailed(`loading ${where} ended before READY (last phase: ${lastPhase})`), workerId, false));
+      });
+    });
+  }
+
+  /** Resolves true once the worker is DOWN or forgotten, false if it is not within LOST_CONFIRM_MS. */
+  private confirmDown(workerId: string): Promise<boolean> {
+    const down = (): boolean => {
+      const state = this.cluster.view(workerId)?.state ?? null;
+      return state === null || state === 'DOWN';
+    };
+    if (down()) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        off();
+        resolve(down());
+      }, LOST_CONFIRM_MS);
+      const off = this.cluster.onChange(() => {
+        if (!down()) return;
+        clearTimeout(timer);
+        off();
+        resolve(true);
       });
     });
   }
@@ -584,9 +739,23 @@ export class SchedulerLoop {
     return entry;
   }
 
-  /** Forgets finished loads once the workers' snapshots show every stage settled (or a worker is gone). */
+  /**
+   * Forgets finished loads once the workers' snapshots show every stage settled (or a worker is
+   * gone); cancels the LoadStage of a stage whose worker went DOWN (its load then fails as lost).
+   */
   private prune(): void {
+    for (const id of this.retired) {
+      if (!this.cluster.views().some((w) => w.instances.some((i) => i.instanceId === id))) this.retired.delete(id);
+    }
     for (const [id, entry] of this.loads) {
+      for (const [index, load] of entry.loads.entries()) {
+        const state = this.cluster.view(load.workerId)?.state ?? null;
+        const call = entry.calls[index];
+        if (call && load.status === 'loading' && (state === null || state === 'DOWN') && !this.abandoned.has(call)) {
+          this.abandoned.add(call);
+          call.cancel();
+        }
+      }
       if (entry.loads.some((l) => l.status !== 'ready')) continue;
       const views = entry.loads.map((l) => this.cluster.view(l.workerId));
       const gone = views.some((w) => !w || w.state === 'DOWN');

@@ -4,6 +4,8 @@
 // time to first token, and the worker's prefill and decode. The loop records into a
 // RequestTracer; finished traces stay in a bounded TraceStore for GET /admin/traces/:id, and
 // the header formatters below turn one into `x-paraserve-path` and `x-paraserve-timing`.
+// A load that died with its worker and was re-placed stays in `loads` and is named, with why,
+// in `failedAttempts` (its decision and the re-placement are in `decisions`).
 import type { ColdStartExplanation } from './types.js';
 
 export type LoadPhaseName = 'FETCH' | 'COPY' | 'INIT';
@@ -73,6 +75,15 @@ export interface TraceTimings {
   totalMs: number | null;
 }
 
+/** A load the request waited on that failed because its worker died or became unreachable. */
+export interface FailedAttempt {
+  instanceId: string;
+  workerId: string;
+  reason: string;
+  /** Gateway clock when the failure reached the request. */
+  atMs: number;
+}
+
 export interface RequestTrace {
   requestId: string;
   model: string;
@@ -87,23 +98,25 @@ export interface RequestTrace {
   decisions: string[];
   /** Loads waited on, in order. */
   loads: LoadTrace[];
+  /** Loads that died with their worker before the request was placed, in order. */
+  failedAttempts: FailedAttempt[];
   timings: TraceTimings;
 }
 
 /**
- * Folds one LoadProgress report into a stage's spans: a report of the phase last reported
- * extends it; a report of another phase ends the last one there and opens its own.
+ * Folds one LoadProgress report into a stage's spans: one span per phase, from its first
+ * report to its last. Workers overlap fetch, init and copy, so reports of different phases
+ * interleave and a phase does not end where another reports.
  */
 export function recordProgress(stage: StageLoadTrace, phase: string, elapsedMs: number): void {
-  const last = stage.spans[stage.spans.length - 1];
-  if (last) last.endMs = Math.max(last.endMs, elapsedMs);
   if (phase === 'READY') {
     stage.readyMs = elapsedMs;
     return;
   }
   if (phase !== 'FETCH' && phase !== 'COPY' && phase !== 'INIT') return;
-  if (last?.phase === phase) return;
-  stage.spans.push({ phase, startMs: elapsedMs, endMs: elapsedMs });
+  const span = stage.spans.find((s) => s.phase === phase);
+  if (span) span.endMs = Math.max(span.endMs, elapsedMs);
+  else stage.spans.push({ phase, startMs: elapsedMs, endMs: elapsedMs });
 }
 
 /** Total time of one phase in a stage's spans. */
@@ -132,6 +145,7 @@ export class RequestTracer {
       path: null,
       decisions: [],
       loads: [],
+      failedAttempts: [],
       timings: {
         queueMs: null,
         loadMs: null,
@@ -159,6 +173,11 @@ export class RequestTracer {
   waitedOnLoad(load: LoadTrace, waitedMs: number): void {
     if (!this.trace.loads.includes(load)) this.trace.loads.push(load);
     this.loadWaitMs += waitedMs;
+  }
+
+  /** A load the request waited on died with its worker (`reason` says how). */
+  attemptFailed(attempt: FailedAttempt): void {
+    this.trace.failedAttempts.push(attempt);
   }
 
   /** An instance was chosen to run on at `nowMs`; `degree` is its stage count. */

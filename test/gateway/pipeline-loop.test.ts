@@ -44,6 +44,7 @@ async function worker(app: FastifyInstance, url: string, id: string, hostCacheBy
     drainTimeoutMs: 2_000,
     logLevel: 'silent',
     fetchBandwidthBytesPerS: null,
+    loadOverlap: true,
   });
   await ready;
   return w;

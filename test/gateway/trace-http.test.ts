@@ -70,6 +70,7 @@ t.test('path and phases of cold and warm requests', { skip: addonError ?? false 
     drainTimeoutMs: 2_000,
     logLevel: 'silent',
     fetchBandwidthBytesPerS: null,
+    loadOverlap: true,
   });
   t.teardown(() => worker.close());
   await ready;
