@@ -39,6 +39,10 @@ export function loadNativeAddon(): NativeAddon {
   if (loaded === null) {
     const file = findAddonFile(path.dirname(fileURLToPath(import.meta.url)));
     testLoadInChild(file);
+    // OpenMP reads its settings when the addon loads it. Its default lets idle threads spin,
+    // which on a server shared by several processes (pipeline stages, gateway) turns a first
+    // forward of tens of ms into hundreds; an operator's own setting still wins.
+    process.env.OMP_WAIT_POLICY ??= 'PASSIVE';
     const raw: unknown = createRequire(import.meta.url)(file);
     loaded = wrapAddon(raw, file);
   }
