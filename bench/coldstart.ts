@@ -1,0 +1,301 @@
+// Cold-start time to first token by pipeline degree (issue 4's benchmark): a model store, then
+// for each k a fresh gateway forced to degree k and k fresh workers, each with the same fetch
+// cap B (emulating one server's network link), and one cold streamed completion measured by
+// the client (median of --repeats cold starts). Against (a) the floor S/(k·B) — S the model's
+// checkpoint bytes — and (b) a baseline measured in the same run: one worker that fetches the
+// whole model, then initialises the runtime, then copies the weights in (`--no-load-overlap`),
+// as a plain serverless container does. A second request on the warm instance gives warm TTFT.
+// Every process runs through the CLI under the Supervisor, on loopback, and is stopped before
+// the next configuration starts.
+//   npm run build && node dist/bench/coldstart.js [--preset demo] [--fetch-bandwidth 4MB] [--degrees 1,2,4] [--repeats 3]
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { parseArgs } from 'node:util';
+import { Agent, request } from 'undici';
+import { Supervisor, type SupervisedChild } from '../gateway/cli/supervisor.js';
+import { parseBandwidth } from '../gateway/cli/commands/worker.js';
+import { hashModelFiles, type HashedFile } from '../worker/models/inspect.js';
+import { openModelSource } from '../worker/models/source.js';
+import { writeSyntheticModel } from '../worker/models/synthetic.js';
+
+const { values: flags } = parseArgs({
+  options: {
+    preset: { type: 'string', default: 'demo' },
+    'fetch-bandwidth': { type: 'string', default: '4MB' },
+    degrees: { type: 'string', default: '1,2,4' },
+    'max-tokens': { type: 'string', default: '8' },
+    backend: { type: 'string', default: 'auto' },
+    'chunk-bytes': { type: 'string', default: '65536' },
+    repeats: { type: 'string', default: '3' },
+  },
+});
+const BANDWIDTH_FLAG = flags['fetch-bandwidth']!;
+const BANDWIDTH = requireCap(parseBandwidth(BANDWIDTH_FLAG));
+const DEGREES = flags.degrees!.split(',').map(Number);
+const MAX_TOKENS = Number(flags['max-tokens']);
+/** Cold starts per configuration, each with fresh processes; the table shows the median's. */
+const REPEATS = Number(flags.repeats);
+/**
+ * Integrity chunk size the bench registers the files with. A worker fetches whole chunks, so
+ * with the gateway's default (4 MiB) a model of a few MB is one or two chunks and every stage
+ * fetches nearly all of it; small chunks keep the CPU-scale model splittable as a 7B one is.
+ * 0: let the gateway hash with its default.
+ */
+const CHUNK_BYTES = Number(flags['chunk-bytes']);
+const PROMPT = 'Serverless inference keeps many models in host memory and swaps them onto GPUs per request.';
+const ADMIN_TOKEN = 'bench-admin';
+const MODEL = 'bench';
+const STEP_TIMEOUT_MS = 60_000;
+/** Targets from issue 4. */
+const FLOOR_FACTOR = 1.2;
+const FLOOR_SLACK_MS = 500;
+const SPEEDUP_TARGET = 5;
+
+if (!Number.isInteger(CHUNK_BYTES) || CHUNK_BYTES < 0) throw new Error(`--chunk-bytes: expected a byte count, got ${flags['chunk-bytes']}`);
+if (!Number.isInteger(REPEATS) || REPEATS < 1) throw new Error(`--repeats: expected a positive integer, got ${flags.repeats}`);
+if (DEGREES.some((k) => !Number.isInteger(k) || k < 1)) throw new Error(`--degrees: expected positive integers, got ${flags.degrees}`);
+
+function requireCap(bytesPerS: number | null): number {
+  if (bytesPerS === null) throw new Error('--fetch-bandwidth must be a cap: the floor S/(k·B) needs B');
+  return bytesPerS;
+}
+
+const http = new Agent({ connections: 8 });
+const auth = { authorization: `Bearer ${ADMIN_TOKEN}` };
+
+interface WorkerView {
+  id: string;
+  state: string;
+  fetchBytesPerS: number;
+  instances: { instanceId: string; residency: string; hostBytes: number; error: string | null }[];
+}
+
+interface TraceReply {
+  path: { kind: string; degree: number; workers?: string[] } | null;
+  timings: {
+    loadMs: number | null;
+    fetchMs: number | null;
+    copyMs: number | null;
+    initMs: number | null;
+    firstTokenMs: number | null;
+    prefillMs: number | null;
+  };
+}
+
+async function getJson<T>(url: string): Promise<T> {
+  const res = await request(url, { dispatcher: http, headers: auth });
+  if (res.statusCode !== 200) throw new Error(`GET ${url}: ${res.statusCode} ${await res.body.text()}`);
+  return (await res.body.json()) as T;
+}
+
+async function postJson<T>(url: string, body: unknown, expected: number): Promise<T> {
+  const res = await request(url, { method: 'POST', dispatcher: http, headers: { ...auth, 'content-type': 'application/json' }, body: JSON.stringify(body) });
+  if (res.statusCode !== expected) throw new Error(`POST ${url}: ${res.statusCode} ${await res.body.text()}`);
+  return (await res.body.json()) as T;
+}
+
+/** Polls the gateway's view until the probe answers (bounded). */
+async function waitFor<T>(what: string, probe: () => Promise<T | null>): Promise<T> {
+  const deadline = Date.now() + STEP_TIMEOUT_MS;
+  for (;;) {
+    const value = await probe();
+    if (value !== null) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+interface Completion {
+  ttftMs: number;
+  totalMs: number;
+  requestId: string;
+}
+
+/** One streamed completion; TTFT is when the first SSE event with text reached this client. */
+async function complete(gatewayUrl: string): Promise<Completion> {
+  const start = performance.now();
+  const res = await request(`${gatewayUrl}/v1/completions`, {
+    method: 'POST',
+    dispatcher: http,
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ model: MODEL, prompt: PROMPT, max_tokens: MAX_TOKENS, temperature: 0, stream: true }),
+    headersTimeout: STEP_TIMEOUT_MS,
+    bodyTimeout: STEP_TIMEOUT_MS,
+  });
+  if (res.statusCode !== 200) throw new Error(`completion: ${res.statusCode} ${await res.body.text()}`);
+  const requestId = res.headers['x-paraserve-request-id'];
+  if (typeof requestId !== 'string') throw new Error('completion: no x-paraserve-request-id header');
+  let ttftMs: number | null = null;
+  let text = '';
+  for await (const chunk of res.body) {
+    text += (chunk as Buffer).toString('utf8');
+    if (ttftMs === null && /^data: \{/m.test(text)) ttftMs = performance.now() - start;
+  }
+  if (ttftMs === null) throw new Error(`completion: no event in the stream: ${text.slice(0, 200)}`);
+  if (!text.includes('data: [DONE]')) throw new Error(`completion: the stream did not finish: ${text.slice(-200)}`);
+  return { ttftMs, totalMs: performance.now() - start, requestId };
+}
+
+interface Run {
+  label: string;
+  k: number;
+  overlap: boolean;
+  cold: Completion;
+  warm: Completion;
+  trace: TraceReply;
+  /** Bytes of the largest stage (its worker's host copy). */
+  largestStageBytes: number;
+  /** Mean of the workers' measured fetch bandwidth, bytes/s. */
+  measuredBytesPerS: number;
+  /** Cold TTFT of every repeat, ms, in run order. */
+  allTtftMs: number[];
+}
+
+/** The repeat with the median cold TTFT (the lower middle for an even count), with every TTFT. */
+function median(repeats: Run[]): Run {
+  const sorted = [...repeats].sort((a, b) => a.cold.ttftMs - b.cold.ttftMs);
+  return { ...sorted[Math.floor((sorted.length - 1) / 2)]!, allTtftMs: repeats.map((r) => r.cold.ttftMs) };
+}
+
+async function main(): Promise<void> {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'paraserve-coldstart-'));
+  const storeRoot = path.join(dir, 'store');
+  const modelDir = path.join(storeRoot, MODEL);
+  const written = await writeSyntheticModel({ dir: modelDir, preset: flags.preset!, seed: 0, dtype: null, sharded: false }, null);
+  const files: HashedFile[] | null =
+    CHUNK_BYTES === 0 ? null : await hashModelFiles(openModelSource(pathToFileURL(modelDir).href), written.files, null, CHUNK_BYTES);
+  const cli = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'gateway', 'cli', 'main.js');
+  const supervisor = new Supervisor([cli], (child, exit) => {
+    console.error(`${child.name} exited unexpectedly (${JSON.stringify(exit)}); log: ${child.logFile}`);
+    supervisor.killAll();
+    process.exit(1);
+  });
+  const env = { ...process.env, PARASERVE_ADMIN_TOKEN: ADMIN_TOKEN };
+  const started: SupervisedChild[] = [];
+  const startChild = (name: string, args: string[]): SupervisedChild => {
+    const child = supervisor.start({ name, args, env, logFile: path.join(dir, `${name}.log`) });
+    started.push(child);
+    return child;
+  };
+  const stopAll = async (): Promise<void> => {
+    for (const child of started.splice(0).reverse()) await supervisor.stop(child, 10_000);
+  };
+
+  const store = startChild('store', ['store', 'serve', '--root', storeRoot, '--port', '0']);
+  const storeUrl = (await store.ready(30_000)).url!;
+  const storeChild = started.splice(0);
+  let modelBytes = 0;
+
+  /** A fresh gateway of degree k and k fresh workers; one cold and one warm request. */
+  const measure = async (label: string, k: number, overlap: boolean, runIndex: number): Promise<Run> => {
+    const dataDir = path.join(dir, `gateway-${runIndex}`);
+    const gateway = startChild(`gateway-${runIndex}`, [
+      'gateway', '--port', '0', '--data-dir', dataDir, '--log-level', 'warn', '--pipeline-degree', String(k),
+    ]);
+    const gatewayUrl = (await gateway.ready(30_000)).url!;
+    const workers = Array.from({ length: k }, (_, i) =>
+      startChild(`worker-${runIndex}-${i}`, [
+        'worker', '--gateway', gatewayUrl, '--port', '0', '--id', `w${runIndex}-${i}`, '--backend', flags.backend!,
+        '--fetch-bandwidth', BANDWIDTH_FLAG, '--log-level', 'warn', ...(overlap ? [] : ['--no-load-overlap']),
+      ]),
+    );
+    await Promise.all(workers.map((w) => w.ready(30_000)));
+    await waitFor(`${k} READY workers`, async () => {
+      const ready = (await getJson<{ data: WorkerView[] }>(`${gatewayUrl}/admin/workers`)).data.filter((w) => w.state === 'READY');
+      return ready.length === k ? true : null;
+    });
+    const registered = await postJson<{ model: { bytes: number } }>(
+      `${gatewayUrl}/admin/models`,
+      { name: MODEL, source: `${storeUrl}/${MODEL}`, files, ttftSloMs: null },
+      201,
+    );
+    modelBytes = registered.model.bytes;
+
+    const cold = await complete(gatewayUrl);
+    const trace = await getJson<TraceReply>(`${gatewayUrl}/admin/traces/${cold.requestId}`);
+    if (trace.path?.kind !== 'cold' || trace.path.degree !== k) {
+      throw new Error(`${label}: the first request was not a cold start of degree ${k}: ${JSON.stringify(trace.path)}`);
+    }
+    const warm = await complete(gatewayUrl);
+    const views = (await getJson<{ data: WorkerView[] }>(`${gatewayUrl}/admin/workers`)).data;
+    const stageBytes = views.flatMap((w) => w.instances.map((i) => i.hostBytes));
+    const rates = views.map((w) => w.fetchBytesPerS).filter((r) => r > 0);
+    await stopAll();
+    return {
+      label,
+      k,
+      overlap,
+      cold,
+      warm,
+      trace,
+      largestStageBytes: Math.max(0, ...stageBytes),
+      measuredBytesPerS: rates.length === 0 ? 0 : rates.reduce((a, b) => a + b, 0) / rates.length,
+      allTtftMs: [],
+    };
+  };
+
+  const runs: Run[] = [];
+  try {
+    const configs = [{ label: 'baseline', k: 1, overlap: false }, ...DEGREES.map((k) => ({ label: `k=${k}`, k, overlap: true }))];
+    let runIndex = 0;
+    for (const c of configs) {
+      const repeats: Run[] = [];
+      for (let i = 0; i < REPEATS; i++) repeats.push(await measure(c.label, c.k, c.overlap, runIndex++));
+      runs.push(median(repeats));
+    }
+  } finally {
+    await stopAll();
+    started.push(...storeChild);
+    await stopAll();
+    await http.close();
+    await rm(dir, { recursive: true, force: true });
+  }
+
+  const baseline = runs[0]!;
+  const fmt = (v: number | null, digits = 0): string => (v === null ? '-' : v.toFixed(digits));
+  const mb = (bytes: number): string => `${(bytes / 1e6).toFixed(2)} MB`;
+  console.log(
+    `cold start — preset ${flags.preset}, S = ${mb(modelBytes)}, B = ${mb(BANDWIDTH)}/s per worker, ${MAX_TOKENS} max tokens, median of ${REPEATS} cold starts, ` +
+      `chunks ${CHUNK_BYTES === 0 ? 'gateway default' : `${CHUNK_BYTES} B`}, ` +
+      `${os.cpus().length} CPUs (${os.cpus()[0]?.model})`,
+  );
+  console.log('baseline: 1 worker, whole model, --no-load-overlap (fetch every byte, then runtime init, then copy into the stage)');
+  const header = ['config', 'TTFT ms', 'floor ms', 'TTFT/floor', 'stage floor ms', 'vs baseline', 'load ms', 'fetch ms', 'init ms', 'copy ms', 'prefill ms', 'warm TTFT ms', 'meas. MB/s', 'all TTFT ms'];
+  console.log(header.map((h, i) => (i === 0 ? h.padEnd(10) : h.padStart(h.length + 1))).join(''));
+  for (const r of runs) {
+    const floorMs = (modelBytes / (r.k * BANDWIDTH)) * 1000;
+    const stageFloorMs = (r.largestStageBytes / BANDWIDTH) * 1000;
+    const t = r.trace.timings;
+    const cells = [
+      fmt(r.cold.ttftMs),
+      fmt(floorMs),
+      fmt(r.cold.ttftMs / floorMs, 2),
+      fmt(stageFloorMs),
+      `×${fmt(baseline.cold.ttftMs / r.cold.ttftMs, 2)}`,
+      fmt(t.loadMs),
+      fmt(t.fetchMs),
+      fmt(t.initMs),
+      fmt(t.copyMs),
+      fmt(t.prefillMs, 1),
+      fmt(r.warm.ttftMs, 1),
+      fmt(r.measuredBytesPerS / 1e6, 2),
+      r.allTtftMs.map((v) => fmt(v)).join('/'),
+    ];
+    console.log([r.label.padEnd(10), ...cells.map((c, i) => ` ${c.padStart(header[i + 1]!.length)}`)].join(''));
+  }
+  for (const r of runs.slice(1)) {
+    const floorMs = (modelBytes / (r.k * BANDWIDTH)) * 1000;
+    const bound = FLOOR_FACTOR * floorMs + FLOOR_SLACK_MS;
+    const met = r.cold.ttftMs <= bound;
+    console.log(`${r.label}: TTFT ${fmt(r.cold.ttftMs)} ms ${met ? '≤' : '>'} 1.2 × floor + 0.5 s = ${fmt(bound)} ms → ${met ? 'met' : 'NOT met'}`);
+  }
+  const top = runs.find((r) => r.label === 'k=4');
+  if (top !== undefined) {
+    const speedup = baseline.cold.ttftMs / top.cold.ttftMs;
+    console.log(`k=4: ×${fmt(speedup, 2)} faster than the baseline (target ≥ ×${SPEEDUP_TARGET}) → ${speedup >= SPEEDUP_TARGET ? 'met' : 'NOT met'}`);
+  }
+}
+
+await main();
