@@ -4,14 +4,11 @@
 // `demo` model (4 layers) is registered with each; the official `openai` client must get the
 // same greedy and seeded-sampled text from the pipelines as from the single worker, and the
 // pipelines must really be split (every worker holds one stage).
-import { mkdtemp, rm } from 'node:fs/promises';
-import os from 'node:os';
 import path from 'node:path';
 import OpenAI from 'openai';
 import t from 'tap';
-import { request } from 'undici';
-import { Supervisor, type SupervisedChild } from '../../gateway/cli/supervisor.js';
-import { cliEnv, cliPath, runCli } from '../cli/run-cli.js';
+import { runCli } from '../cli/run-cli.js';
+import { eventually, processCluster } from './fixtures/processes.js';
 
 const ADMIN_TOKEN = 'pipeline-admin';
 
@@ -22,36 +19,8 @@ interface WorkerRow {
   instances: { instanceId: string; model: string; residency: string; stage: { layerStart: number; layerEnd: number; stageIndex: number; stageCount: number } | null }[];
 }
 
-const dir = await mkdtemp(path.join(os.tmpdir(), 'paraserve-pipeline-'));
-const env = cliEnv({ PARASERVE_ADMIN_TOKEN: ADMIN_TOKEN });
-const unexpectedExits: string[] = [];
-const supervisor = new Supervisor([cliPath], (child) => unexpectedExits.push(child.name));
-const children: SupervisedChild[] = [];
-const start = (name: string, args: string[]): SupervisedChild => {
-  const child = supervisor.start({ name, args: [...args, '--log-level', 'warn'], env, logFile: path.join(dir, `${name}.log`) });
-  children.push(child);
-  return child;
-};
-
-t.teardown(async () => {
-  for (const child of children.reverse()) await supervisor.stop(child, 5_000);
-  await rm(dir, { recursive: true, force: true });
-});
-
-async function workers(gatewayUrl: string): Promise<WorkerRow[]> {
-  const res = await request(`${gatewayUrl}/admin/workers`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
-  return ((await res.body.json()) as { data: WorkerRow[] }).data;
-}
-
-async function eventually<T>(what: string, timeoutMs: number, probe: () => Promise<T | null | false>): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value !== null && value !== false) return value;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
+const { dir, env, unexpectedExits, start, workers: workerRows } = await processCluster(t, 'pipeline', ADMIN_TOKEN);
+const workers = (gatewayUrl: string): Promise<WorkerRow[]> => workerRows<WorkerRow>(gatewayUrl);
 
 const models = path.join(dir, 'models');
 const made = await runCli(['make-model', '--preset', 'demo', '--out', path.join(models, 'demo'), '--seed', '7', '--json']);
