@@ -42,6 +42,8 @@ export interface GatewayDeps {
   cluster: ClusterOptions;
   /** Cold starts load a pipeline of this many stages on distinct workers; null: one whole-model worker. */
   forcedPipelineDegree: number | null;
+  /** After a pipelined cold start, load the model whole in the background and dissolve the pipeline. */
+  consolidate: boolean;
 }
 
 export const DEFAULT_DEPS = {
@@ -54,6 +56,7 @@ export const DEFAULT_DEPS = {
   closeDrainMs: 5_000,
   cluster: DEFAULT_CLUSTER_OPTIONS,
   forcedPipelineDegree: null,
+  consolidate: true,
 } satisfies Omit<GatewayDeps, 'registry'>;
 
 export async function buildApp(deps: GatewayDeps): Promise<FastifyInstance> {
@@ -70,7 +73,12 @@ export async function buildApp(deps: GatewayDeps): Promise<FastifyInstance> {
     await app.register(clusterPlugin, { options: deps.cluster });
     await app.register(metricsPlugin);
     await app.register(schedulerPlugin, {
-      options: { requestTimeoutMs: deps.requestTimeoutMs, loadTimeoutMs: deps.loadTimeoutMs, forcedPipelineDegree: deps.forcedPipelineDegree },
+      options: {
+        requestTimeoutMs: deps.requestTimeoutMs,
+        loadTimeoutMs: deps.loadTimeoutMs,
+        forcedPipelineDegree: deps.forcedPipelineDegree,
+        consolidate: deps.consolidate,
+      },
     });
     await app.register(shutdownPlugin, { drainMs: deps.closeDrainMs });
     await app.register(catalogPlugin, { maxContextTokens: deps.maxContextTokens });

@@ -51,6 +51,14 @@ export class GatewayMetrics implements LoopObserver {
     registers: [this.registry],
   });
 
+  readonly consolidation = new client.Histogram({
+    name: 'paraserve_consolidation_seconds',
+    help: "Time from a pipeline's READY until the model's whole-model instance loaded in the background is READY, by model",
+    labelNames: ['model'] as const,
+    buckets: LATENCY_BUCKETS,
+    registers: [this.registry],
+  });
+
   readonly requestPhases = new client.Histogram({
     name: 'paraserve_request_phase_seconds',
     help: 'Time of each phase of a completed request (queue, load, fetch, copy, init, first_token, prefill, decode), by path (warm|cold) and pipeline degree',
@@ -75,6 +83,10 @@ export class GatewayMetrics implements LoopObserver {
   loadFinished(model: string, outcome: 'ok' | 'error', seconds: number): void {
     this.modelLoads.inc({ model, outcome });
     this.modelLoadDuration.observe({ model }, seconds);
+  }
+
+  consolidated(model: string, seconds: number): void {
+    this.consolidation.observe({ model }, seconds);
   }
 
   firstToken(model: string, seconds: number): void {

@@ -24,6 +24,8 @@ export interface GatewayOptions {
    * experiments until the scheduler chooses the degree); absent or null: whole models.
    */
   pipelineDegree?: number | null;
+  /** Consolidate a serving pipeline into one whole-model instance in the background; absent: true. */
+  consolidate?: boolean;
 }
 
 export interface RunningGateway {
@@ -57,6 +59,7 @@ export async function startGateway(opts: GatewayOptions): Promise<RunningGateway
       logger,
       requestTimeoutMs: opts.requestTimeoutMs,
       forcedPipelineDegree: opts.pipelineDegree ?? null,
+      consolidate: opts.consolidate ?? true,
     });
   } catch (e) {
     registry.close();

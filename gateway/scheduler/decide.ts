@@ -1,7 +1,9 @@
 // Where a request runs: a pure function of the cluster state, so it is tested with tables and
 // reused by the simulator. Order of preference, each step explained in `reason`:
-//   1. an instance of the model already ON_DEVICE on a READY worker, least active requests first
-//      (a pipeline counts once every stage is ON_DEVICE on a READY worker; it runs on stage 0's);
+//   1. an instance of the model already ON_DEVICE on a READY worker: whole-model instances
+//      before pipelines (a consolidated model takes new requests from its pipeline), then least
+//      active requests first (a pipeline counts once every stage is ON_DEVICE on a READY
+//      worker; it runs on stage 0's);
 //   2. a load of the model the gateway already started: wait for it (concurrent requests for a
 //      cold model share one load);
 //   3. a cold start as chooseColdStartPlan says: a degree forced by configuration wins; else a
@@ -13,12 +15,16 @@
 // if a worker's snapshot already lists it ON_DEVICE (a pipeline whose other stage is still
 // loading, or failing). withoutWorkers() is how the loop re-places a request whose load died
 // with its worker: the same decision over a state where that worker counts as DOWN;
-// withoutInstances() hides a failed pipeline's stages while they are being unloaded.
+// withoutInstances() hides a failed pipeline's stages while they are being unloaded (and a
+// consolidated pipeline's while it dissolves). chooseConsolidationTarget() picks the worker
+// that loads a serving pipeline's model whole in the background (issue 4, consolidation).
 import type { InstanceView, WorkerView } from '../cluster/worker-view.js';
 import { chooseDegree, COLD_START_DEFAULTS, serverFigures, type DegreeDecision } from './coldstart.js';
 import { formatBytes } from './format.js';
 import type {
   ColdStartExplanation,
+  ConsolidationDecision,
+  ConsolidationRequest,
   InFlightLoad,
   PlacedStage,
   ScheduleRequest,
@@ -42,6 +48,8 @@ interface Runnable {
   workerId: string;
   instanceId: string;
   active: number;
+  /** A whole-model instance (not a pipeline). */
+  whole: boolean;
 }
 
 /**
@@ -82,7 +90,7 @@ function runnableInstances(state: SchedulerState, ready: readonly WorkerView[], 
   for (const w of ready) {
     for (const i of w.instances) {
       if (i.model === model && i.residency === 'ON_DEVICE' && servesWholeModel(i) && !loading.has(i.instanceId)) {
-        out.push({ workerId: w.id, instanceId: i.instanceId, active: active(i.instanceId, i.activeRequests) });
+        out.push({ workerId: w.id, instanceId: i.instanceId, active: active(i.instanceId, i.activeRequests), whole: true });
       }
     }
     for (const l of state.loads) {
@@ -92,7 +100,7 @@ function runnableInstances(state: SchedulerState, ready: readonly WorkerView[], 
       const listed = w.instances.find((i) => i.instanceId === l.instanceId);
       if (!listed || listed.residency === 'LOADING') {
         if (l.pipelineStage === null) {
-          out.push({ workerId: w.id, instanceId: l.instanceId, active: active(l.instanceId, listed?.activeRequests ?? 0) });
+          out.push({ workerId: w.id, instanceId: l.instanceId, active: active(l.instanceId, listed?.activeRequests ?? 0), whole: true });
         }
       }
     }
@@ -131,7 +139,7 @@ function runnablePipelines(
   }
   const out: Runnable[] = [];
   for (const [instanceId, p] of pipelines) {
-    if (p.first !== null && p.stages.size === p.count) out.push({ workerId: p.first, instanceId, active: active(instanceId, p.reported) });
+    if (p.first !== null && p.stages.size === p.count) out.push({ workerId: p.first, instanceId, active: active(instanceId, p.reported), whole: false });
   }
   return out;
 }
@@ -298,7 +306,7 @@ export function decide(state: SchedulerState, req: ScheduleRequest, now: number)
   }
 
   const runnable = runnableInstances(state, ready, req.model).sort(
-    (a, b) => a.active - b.active || a.instanceId.localeCompare(b.instanceId),
+    (a, b) => Number(b.whole) - Number(a.whole) || a.active - b.active || a.instanceId.localeCompare(b.instanceId),
   );
   const best = runnable[0];
   if (best) {
@@ -306,7 +314,7 @@ export function decide(state: SchedulerState, req: ScheduleRequest, now: number)
       kind: 'run-on',
       workerId: best.workerId,
       instanceId: best.instanceId,
-      reason: `warm: ${best.instanceId} is on a device with ${best.active} active request(s)`,
+      reason: `warm: ${best.instanceId} is on a device with ${best.active} active request(s)${best.whole ? '' : ' (a pipeline)'}`,
     };
   }
 
@@ -372,4 +380,72 @@ export function decide(state: SchedulerState, req: ScheduleRequest, now: number)
     `no device has ${formatBytes(req.modelBytes)} free for model '${req.model}'; the most free is ` +
       `${formatBytes(Math.max(0, mostFree.free))} on device ${mostFree.device} of worker ${mostFree.worker.id}`,
   );
+}
+
+/**
+ * Where a serving pipeline's model is loaded whole, in the background: the pipeline's stage-0
+ * worker when one of its devices has room for the whole model (every request of the pipeline
+ * already runs there, so routing does not move and the worker already holds the embeddings'
+ * stage); else the next member in stage order with room; else the READY non-member device
+ * with the most free memory that fits. Skipped while the model already has a whole-model
+ * instance (runnable or loading), or when no device fits: the pipeline keeps serving.
+ * Consolidation loads from storage; reading peers' host copies instead is a later refinement.
+ */
+export function chooseConsolidationTarget(state: SchedulerState, pipeline: ConsolidationRequest, now: number): ConsolidationDecision {
+  const loading = stillLoading(state);
+  const whole = state.workers.flatMap((w) =>
+    w.state === 'READY'
+      ? w.instances.filter((i) => i.model === pipeline.model && servesWholeModel(i) && (i.residency === 'ON_DEVICE' || i.residency === 'LOADING'))
+      : [],
+  );
+  const wholeLoad = state.loads.find((l) => l.model === pipeline.model && l.pipelineStage === null);
+  const existing = whole[0]?.instanceId ?? wholeLoad?.instanceId ?? null;
+  if (existing !== null) {
+    return { kind: 'skip', reason: `model '${pipeline.model}' already has a whole-model instance (${existing}${loading.has(existing) ? ', loading' : ''})` };
+  }
+  const roomOn = (w: WorkerView): { device: number; free: number } | null =>
+    w.devices
+      .map((d) => ({ device: d.index, free: d.freeBytes - pendingBytes(w, d.index, state.loads) }))
+      .reduce<{ device: number; free: number } | null>((a, b) => (a === null || b.free > a.free ? b : a), null);
+  const ready = state.workers.filter((w) => w.state === 'READY' && w.devices.length > 0);
+  const members = pipeline.workers.flatMap((id) => ready.filter((w) => w.id === id));
+  const others = ready
+    .filter((w) => !pipeline.workers.includes(w.id))
+    .sort((a, b) => (roomOn(b)?.free ?? -Infinity) - (roomOn(a)?.free ?? -Infinity) || a.id.localeCompare(b.id));
+  let mostFree: { worker: string; free: number } | null = null;
+  for (const [rank, w] of [...members, ...others].entries()) {
+    const room = roomOn(w);
+    if (room === null) continue;
+    if (mostFree === null || room.free > mostFree.free) mostFree = { worker: w.id, free: room.free };
+    if (room.free < pipeline.bytes) continue;
+    const instanceId = nextInstanceId(pipeline.model, w, state.loads);
+    const why =
+      w.id === pipeline.workers[0]
+        ? `${w.id} runs stage 0 of ${pipeline.instanceId} and has room`
+        : rank < members.length
+          ? `${w.id} is stage ${pipeline.workers.indexOf(w.id)} of ${pipeline.instanceId} and has room (stage 0's worker ${pipeline.workers[0] ?? '?'} has not)`
+          : `no member of ${pipeline.instanceId} has room; ${w.id} has the most free`;
+    const reason = `consolidating ${pipeline.instanceId}: loading ${instanceId} on device ${room.device} of ${w.id} (${formatBytes(room.free)} free; ${why})`;
+    return {
+      kind: 'consolidate',
+      load: {
+        kind: 'load-then-run',
+        workerId: w.id,
+        instanceId,
+        device: room.device,
+        range: pipeline.range,
+        bytes: pipeline.bytes,
+        startedMs: now,
+        reason,
+        coldStart: configuredExplanation('default', [w.id], reason),
+      },
+    };
+  }
+  return {
+    kind: 'skip',
+    reason:
+      mostFree === null
+        ? `no READY worker reports a device to consolidate ${pipeline.instanceId} on`
+        : `no device has ${formatBytes(pipeline.bytes)} free to consolidate ${pipeline.instanceId}; the most free is ${formatBytes(Math.max(0, mostFree.free))} on ${mostFree.worker}`,
+  };
 }

@@ -6,6 +6,15 @@
 // its checkpoint headers). A pipeline's stages load in parallel with every stage's address as
 // peers, and Generate runs on stage 0, which drives the others (worker/daemon/pipeline.ts).
 // Each request's path and phase times go to its RequestTracer (trace.ts).
+// Consolidation (opts.consolidate): once a pipeline answers READY, the model is loaded whole in
+// the background on the worker decide.ts chooseConsolidationTarget picks (stage 0's when it has
+// room), from storage — reading the members' host copies instead is a later refinement. The
+// pipeline serves until that load is READY; then decide() prefers the whole-model instance, the
+// pipeline is hidden from new decisions (retired) and, once its last in-flight request ends, its
+// stages are unloaded (the group dissolves). Members do not keep their host copies: UnloadStage
+// frees everything until the swap-out path (issue 5) exists. Requests on the consolidated
+// instance are traced warm with a `consolidated` marker; the time from the pipeline's READY to
+// the whole model's goes to the log and paraserve_consolidation_seconds.
 // Faults during a cold start: a load (whole model or any stage) whose worker dies or becomes
 // unreachable (LoadStage fails UNAVAILABLE, or the event stream marks the worker DOWN, which
 // cancels the load) is re-placed for every request waiting on it — decide() again over a state
@@ -36,11 +45,12 @@ import { readCheckpointTensors } from '../../worker/models/safetensors.js';
 import { openModelSource } from '../../worker/models/source.js';
 import { planStages, stageByteProfile, stageBytes, type StageByteProfile } from '../../worker/models/stage-plan.js';
 import type { WorkerChannel } from '../cluster/worker-channel.js';
-import { decide, withoutInstances, withoutWorkers } from './decide.js';
+import { chooseConsolidationTarget, decide, withoutInstances, withoutWorkers } from './decide.js';
 import { TraceStore, recordProgress, type LoadTrace, type RequestTrace, type RequestTracer, type StageLoadTrace } from './trace.js';
 import type {
   ColdStartExplanation,
   ColdStartRequest,
+  ConsolidationRequest,
   InFlightLoad,
   PlannedStage,
   ScheduleRequest,
@@ -90,6 +100,8 @@ export interface LoopObserver {
   tokenGenerated(model: string): void;
   /** A request ended (ok or not); its trace as it stands then. */
   requestTraced(trace: RequestTrace): void;
+  /** A pipeline's whole-model instance answered READY `seconds` after the pipeline did. */
+  consolidated(model: string, seconds: number): void;
 }
 
 export interface LoopOptions {
@@ -99,6 +111,8 @@ export interface LoopOptions {
   loadTimeoutMs: number;
   /** Cold starts load a pipeline of this many stages (capped at the model's layers); null or 1: whole models. */
   forcedPipelineDegree: number | null;
+  /** Load a serving pipeline's model whole in the background, then dissolve the pipeline. */
+  consolidate: boolean;
 }
 
 /** A load the gateway started: one stage, or every stage of a pipeline (same instance id). */
@@ -199,8 +213,12 @@ function abortable<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
 
 export class SchedulerLoop {
   private readonly loads = new Map<string, LoadEntry>();
-  /** Instances of failed pipelines, hidden from decide() until no worker lists them. */
+  /** Instances of failed or consolidated pipelines, hidden from decide() until no worker lists them. */
   private readonly retired = new Set<string>();
+  /** Whole-model instances that consolidated a pipeline (the trace's `consolidated` marker). */
+  private readonly consolidatedInstances = new Set<string>();
+  /** Consolidated pipelines by instance id, unloaded once no request of the gateway runs on them. */
+  private readonly dissolving = new Map<string, ConsolidationRequest>();
   /** LoadStage calls cancelled because their worker went DOWN. */
   private readonly abandoned = new WeakSet<ClientReadableStream<LoadProgress__Output>>();
   /** Stage plans per model and source (the headers do not change under a registered model). */
@@ -269,7 +287,13 @@ export class SchedulerLoop {
       try {
         switch (action.kind) {
           case 'run-on':
-            trace.placed(action.workerId, action.instanceId, this.degreeOf(action.workerId, action.instanceId), Date.now());
+            trace.placed(
+              action.workerId,
+              action.instanceId,
+              this.degreeOf(action.workerId, action.instanceId),
+              Date.now(),
+              this.consolidatedInstances.has(action.instanceId),
+            );
             return { workerId: action.workerId, instanceId: action.instanceId };
           case 'await-load': {
             const entry = this.loads.get(action.instanceId);
@@ -455,6 +479,7 @@ export class SchedulerLoop {
         if (n <= 0) this.active.delete(instanceId);
         else this.active.set(instanceId, n);
         if (!finished) call.cancel();
+        if (n <= 0 && this.dissolving.has(instanceId)) this.dissolve();
       }
     }
   }
@@ -729,6 +754,7 @@ export class SchedulerLoop {
         this.observer.loadFinished(model.name, 'ok', (Date.now() - first.startedMs) / 1000);
         this.log.info({ instanceId: first.instanceId, ms: Date.now() - first.startedMs }, 'model loaded');
         this.prune();
+        if (entry.loads.length > 1 && this.opts.consolidate && !this.closed) this.consolidate(model, entry);
       },
       (e: unknown) => {
         this.loads.delete(first.instanceId);
@@ -740,12 +766,80 @@ export class SchedulerLoop {
   }
 
   /**
+   * Starts loading a READY pipeline's model whole in the background where
+   * chooseConsolidationTarget says; when that load is READY the pipeline is retired and
+   * dissolved. A consolidation that cannot start or fails leaves the pipeline serving.
+   */
+  private consolidate(model: LoadableModel, pipelineEntry: LoadEntry): void {
+    const pipeline: ConsolidationRequest = {
+      model: model.name,
+      instanceId: pipelineEntry.loads[0]!.instanceId,
+      workers: pipelineEntry.loads.map((l) => l.workerId),
+      range: model.range,
+      bytes: model.bytes,
+    };
+    const decision = chooseConsolidationTarget(withoutInstances(this.state(), this.retired), pipeline, Date.now());
+    if (decision.kind === 'skip') {
+      this.log.info({ pipeline: pipeline.instanceId, reason: decision.reason }, 'not consolidating the pipeline');
+      return;
+    }
+    const readyMs = Date.now();
+    let entry: LoadEntry;
+    try {
+      entry = this.startLoad(model, decision.load);
+    } catch (e) {
+      this.log.warn({ pipeline: pipeline.instanceId, err: describe(e) }, 'consolidation could not start; the pipeline keeps serving');
+      return;
+    }
+    const instanceId = decision.load.instanceId;
+    entry.done.then(
+      () => {
+        const ms = Date.now() - readyMs;
+        this.consolidatedInstances.add(instanceId);
+        this.observer.consolidated(model.name, ms / 1000);
+        this.log.info({ pipeline: pipeline.instanceId, instanceId, worker: decision.load.workerId, ms }, 'pipeline consolidated');
+        this.retired.add(pipeline.instanceId);
+        this.dissolving.set(pipeline.instanceId, pipeline);
+        this.dissolve();
+      },
+      (e: unknown) => {
+        this.log.warn({ pipeline: pipeline.instanceId, instanceId, err: describe(e) }, 'consolidation failed; the pipeline keeps serving');
+      },
+    );
+  }
+
+  /**
+   * Unloads every consolidated pipeline no request of the gateway runs on (best effort; a stage
+   * already gone answers NOT_FOUND). Its members free the stage's host copy too: keeping it for
+   * later swap-ins needs the swap-out path (issue 5).
+   */
+  private dissolve(): void {
+    for (const [id, pipeline] of this.dissolving) {
+      if ((this.active.get(id) ?? 0) > 0) continue;
+      this.dissolving.delete(id);
+      this.log.info({ pipeline: id, workers: pipeline.workers }, 'dissolving the consolidated pipeline');
+      for (const workerId of pipeline.workers) {
+        const channel = this.cluster.channel(workerId);
+        if (!channel) continue;
+        channel.unloadStage(id, UNLOAD_TIMEOUT_MS).catch((err: unknown) => {
+          if (isServiceError(err) && err.code === GrpcStatus.NOT_FOUND) return;
+          this.log.warn({ worker: workerId, instanceId: id, err: describe(err) }, 'unload failed');
+        });
+      }
+    }
+  }
+
+  /**
    * Forgets finished loads once the workers' snapshots show every stage settled (or a worker is
    * gone); cancels the LoadStage of a stage whose worker went DOWN (its load then fails as lost).
    */
   private prune(): void {
+    const listed = (id: string): boolean => this.cluster.views().some((w) => w.instances.some((i) => i.instanceId === id));
     for (const id of this.retired) {
-      if (!this.cluster.views().some((w) => w.instances.some((i) => i.instanceId === id))) this.retired.delete(id);
+      if (!listed(id) && !this.dissolving.has(id)) this.retired.delete(id);
+    }
+    for (const id of this.consolidatedInstances) {
+      if (!listed(id) && !this.loads.has(id)) this.consolidatedInstances.delete(id);
     }
     for (const [id, entry] of this.loads) {
       for (const [index, load] of entry.loads.entries()) {

@@ -38,7 +38,14 @@ export interface LoadTrace {
 }
 
 export type TracePath =
-  | { kind: 'warm'; instanceId: string; workerId: string; degree: number }
+  | {
+      kind: 'warm';
+      instanceId: string;
+      workerId: string;
+      degree: number;
+      /** The instance is the whole-model instance that consolidated a pipeline. */
+      consolidated: boolean;
+    }
   | {
       kind: 'cold';
       instanceId: string;
@@ -180,12 +187,15 @@ export class RequestTracer {
     this.trace.failedAttempts.push(attempt);
   }
 
-  /** An instance was chosen to run on at `nowMs`; `degree` is its stage count. */
-  placed(workerId: string, instanceId: string, degree: number, nowMs: number): void {
+  /**
+   * An instance was chosen to run on at `nowMs`; `degree` is its stage count; `consolidated`:
+   * it is the whole-model instance that took over from a pipeline.
+   */
+  placed(workerId: string, instanceId: string, degree: number, nowMs: number, consolidated: boolean): void {
     const load = this.trace.loads.find((l) => l.instanceId === instanceId) ?? this.trace.loads[this.trace.loads.length - 1];
     this.trace.path =
       load === undefined
-        ? { kind: 'warm', instanceId, workerId, degree }
+        ? { kind: 'warm', instanceId, workerId, degree, consolidated }
         : {
             kind: 'cold',
             instanceId,
@@ -260,11 +270,13 @@ function token(value: string): string {
   return value.replace(/[^A-Za-z0-9._:@#/+-]/g, (c) => encodeURIComponent(c));
 }
 
-/** `warm;instance=m@w0#0;worker=w0` or `cold;k=2;workers=w0,w1;instance=…;predicted_ms=…;slo_ms=…`. */
+/** `warm;k=1;instance=m@w0#0;worker=w0[;consolidated]` or `cold;k=2;workers=w0,w1;instance=…;predicted_ms=…;slo_ms=…`. */
 export function pathHeader(trace: RequestTrace): string | null {
   const p = trace.path;
   if (p === null) return null;
-  if (p.kind === 'warm') return `warm;k=${p.degree};instance=${token(p.instanceId)};worker=${token(p.workerId)}`;
+  if (p.kind === 'warm') {
+    return `warm;k=${p.degree};instance=${token(p.instanceId)};worker=${token(p.workerId)}${p.consolidated ? ';consolidated' : ''}`;
+  }
   const parts = [`cold`, `k=${p.degree}`, `workers=${p.workers.map(token).join(',')}`, `instance=${token(p.instanceId)}`];
   if (p.joined) parts.push('joined');
   if (p.predictedTtftMs !== null) parts.push(`predicted_ms=${Math.round(p.predictedTtftMs)}`);

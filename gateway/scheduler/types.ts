@@ -3,6 +3,8 @@
 // in a simulator. A pipelined cold start is the action 'load-pipeline-then-run': k stages on
 // k distinct workers sharing one instance id; swap-in arrives as another action kind. Cold
 // starts carry a ColdStartExplanation so the request's trace can say why they look as they do.
+// A serving pipeline is consolidated by a ConsolidationDecision: a whole-model load in the
+// background, on a worker decide.ts chooseConsolidationTarget picks.
 import type { StageByteProfile } from '../../worker/models/stage-plan.js';
 import type { WorkerView } from '../cluster/worker-view.js';
 import type { DegreeCandidate, TtftPrediction } from './coldstart.js';
@@ -123,3 +125,21 @@ export type SchedulerAction =
     }
   /** Nothing can serve the request now; `reason` goes to the client. */
   | { kind: 'reject'; status: 503; reason: string };
+
+/** A pipeline that answered READY, to be consolidated into one whole-model instance. */
+export interface ConsolidationRequest {
+  model: string;
+  /** The pipeline's instance id (shared by its stages). */
+  instanceId: string;
+  /** Worker of each stage, in pipeline order. */
+  workers: readonly string[];
+  /** The whole model's range and weight bytes. */
+  range: StageRange;
+  bytes: number;
+}
+
+export type ConsolidationDecision =
+  /** Load the whole model with this (background) load; requests keep going to the pipeline until it is READY. */
+  | { kind: 'consolidate'; load: Extract<SchedulerAction, { kind: 'load-then-run' }> }
+  /** Leave the pipeline as it is; `reason` goes to the log. */
+  | { kind: 'skip'; reason: string };

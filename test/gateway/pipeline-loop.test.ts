@@ -1,7 +1,8 @@
 // The scheduler loop performing a pipelined cold start (forcedPipelineDegree 2) against real
 // in-process CPU workers: a stage that cannot load fails the request with a 503 and the stage
 // that did load is unloaded (no half pipeline stays behind); with two healthy workers the
-// request is served by a 2-stage pipeline, one stage per worker, and later requests reuse it.
+// request is served by a 2-stage pipeline, one stage per worker, and later requests reuse it
+// (consolidation off here: consolidation-loop.test.ts covers it).
 // Skipped where the native addon is not built.
 import type { AddressInfo } from 'node:net';
 import OpenAI from 'openai';
@@ -51,7 +52,7 @@ async function worker(app: FastifyInstance, url: string, id: string, hostCacheBy
 }
 
 t.test('pipelined cold start through the scheduler loop', { skip: addonError ?? false }, async (t) => {
-  const app = await testApp(t, { requestTimeoutMs: 60_000, forcedPipelineDegree: 2 });
+  const app = await testApp(t, { requestTimeoutMs: 60_000, forcedPipelineDegree: 2, consolidate: false });
   await registerTiny(app);
   await app.listen({ host: '127.0.0.1', port: 0 });
   const url = `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`;

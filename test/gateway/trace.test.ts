@@ -38,7 +38,7 @@ t.test('a cold request: path and timing headers, load phases the longest over st
   ];
   tracer.decided('cold: degree 2');
   tracer.waitedOnLoad({ instanceId: 'm@w0#0', joined: false, coldStart: { ...explanation, prediction: { totalMs: 412.4 } as ColdStartExplanation['prediction'] }, stages }, 200);
-  tracer.placed('w0', 'm@w0#0', 2, 1_210);
+  tracer.placed('w0', 'm@w0#0', 2, 1_210, false);
   tracer.firstToken(1_230);
   tracer.finished(0.5, 12, 30);
   const trace = tracer.snapshot();
@@ -56,13 +56,21 @@ t.test('a cold request: path and timing headers, load phases the longest over st
 
 t.test('a warm request has no load part', async (t) => {
   const tracer = new RequestTracer('req-2', 'm', 0);
-  tracer.placed('w0', 'm@w0#3', 1, 4);
+  tracer.placed('w0', 'm@w0#3', 1, 4, false);
   tracer.end(9, 'worker w0 failed');
   const trace = tracer.snapshot();
   t.equal(pathHeader(trace), 'warm;k=1;instance=m@w0#3;worker=w0');
   t.equal(timingHeader(trace, false), 'queue;dur=4, total;dur=9');
   t.match(trace, { status: 'error', error: 'worker w0 failed' });
   t.equal(pathHeader(new RequestTracer('req-3', 'm', 0).snapshot()), null, 'not placed: no path');
+});
+
+t.test('a request on a consolidated instance is warm with a consolidated marker', async (t) => {
+  const tracer = new RequestTracer('req-4', 'm', 0);
+  tracer.placed('w0', 'm@w0#1', 1, 2, true);
+  const trace = tracer.snapshot();
+  t.match(trace.path, { kind: 'warm', consolidated: true, degree: 1 });
+  t.equal(pathHeader(trace), 'warm;k=1;instance=m@w0#1;worker=w0;consolidated');
 });
 
 t.test('TraceStore keeps the last `capacity` requests', async (t) => {

@@ -3,7 +3,8 @@
 // --pipeline-degree 2 and two workers, and one with --pipeline-degree 4 and four workers. The
 // `demo` model (4 layers) is registered with each; the official `openai` client must get the
 // same greedy and seeded-sampled text from the pipelines as from the single worker, and the
-// pipelines must really be split (every worker holds one stage).
+// pipelines must really be split (every worker holds one stage; consolidation is off so they
+// stay split — test/gateway/consolidation-loop.test.ts covers it).
 import path from 'node:path';
 import OpenAI from 'openai';
 import t from 'tap';
@@ -35,7 +36,7 @@ interface Cluster {
 
 /** A gateway (pipeline degree k, or none) with n workers, the demo model registered, an API key. */
 async function cluster(name: string, degree: number | null, n: number): Promise<Cluster> {
-  const flags = degree === null ? [] : ['--pipeline-degree', String(degree)];
+  const flags = degree === null ? [] : ['--pipeline-degree', String(degree), '--no-consolidate'];
   const gateway = start(`gateway-${name}`, ['gateway', '--port', '0', '--data-dir', path.join(dir, `gateway-${name}`), ...flags]);
   const url = (await gateway.ready(30_000)).url!;
   const ws = Array.from({ length: n }, (_, i) =>

@@ -14,6 +14,7 @@ interface GatewayFlags {
   adminToken?: string;
   requestTimeoutMs: number;
   pipelineDegree?: number;
+  consolidate: boolean;
   logLevel: string;
 }
 
@@ -42,6 +43,9 @@ export function registerGatewayCommand(program: Command): void {
         .argParser(parseIntIn(1, 64))
         .env('PARASERVE_PIPELINE_DEGREE'),
     )
+    .addOption(
+      new Option('--no-consolidate', 'keep serving a pipelined cold start as a pipeline (default: load the model whole in the background, then dissolve the pipeline)'),
+    )
     .addOption(logLevelOption())
     .action(async (flags: GatewayFlags) => {
       const { startGateway } = await import('../../server.js');
@@ -54,6 +58,7 @@ export function registerGatewayCommand(program: Command): void {
         logLevel: flags.logLevel,
         requestTimeoutMs: flags.requestTimeoutMs,
         pipelineDegree: flags.pipelineDegree ?? null,
+        consolidate: flags.consolidate,
       });
       announceReady({ type: 'paraserve:ready', role: 'gateway', url: gateway.url, id: null, address: null });
       const reason = await waitForStop();
