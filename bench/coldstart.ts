@@ -73,7 +73,7 @@ interface WorkerView {
 }
 
 interface TraceReply {
-  path: { kind: string; degree: number; workers?: string[] } | null;
+  path: { kind: string; degree: number; instanceId: string; workers?: string[]; consolidated?: boolean } | null;
   timings: {
     loadMs: number | null;
     fetchMs: number | null;
@@ -108,6 +108,8 @@ async function waitFor<T>(what: string, probe: () => Promise<T | null>): Promise
 }
 
 interface Completion {
+  /** performance.now() when the request was sent. */
+  startedAt: number;
   ttftMs: number;
   totalMs: number;
   requestId: string;
@@ -135,7 +137,7 @@ async function complete(gatewayUrl: string): Promise<Completion> {
   }
   if (ttftMs === null) throw new Error(`completion: no event in the stream: ${text.slice(0, 200)}`);
   if (!text.includes('data: [DONE]')) throw new Error(`completion: the stream did not finish: ${text.slice(-200)}`);
-  return { ttftMs, totalMs: performance.now() - start, requestId };
+  return { startedAt: start, ttftMs, totalMs: performance.now() - start, requestId };
 }
 
 interface Run {
@@ -147,6 +149,8 @@ interface Run {
   trace: TraceReply;
   /** Bytes of the largest stage (its worker's host copy). */
   largestStageBytes: number;
+  /** Time from the cold request's start until a whole-model instance replaced the pipeline; null for k = 1. */
+  consolidatedAfterMs: number | null;
   /** Mean of the workers' measured fetch bandwidth, bytes/s. */
   measuredBytesPerS: number;
   /** Cold TTFT of every repeat, ms, in run order. */
@@ -218,10 +222,21 @@ async function main(): Promise<void> {
     if (trace.path?.kind !== 'cold' || trace.path.degree !== k) {
       throw new Error(`${label}: the first request was not a cold start of degree ${k}: ${JSON.stringify(trace.path)}`);
     }
-    const warm = await complete(gatewayUrl);
+    const pipelineId = trace.path.instanceId;
     const views = (await getJson<{ data: WorkerView[] }>(`${gatewayUrl}/admin/workers`)).data;
-    const stageBytes = views.flatMap((w) => w.instances.map((i) => i.hostBytes));
+    const stageBytes = views.flatMap((w) => w.instances.filter((i) => i.instanceId === pipelineId).map((i) => i.hostBytes));
     const rates = views.map((w) => w.fetchBytesPerS).filter((r) => r > 0);
+    // A pipeline consolidates in the background: wait for the whole-model instance, then the
+    // warm request runs on it (its latency should equal a single worker's).
+    const consolidatedAfterMs =
+      k === 1
+        ? null
+        : await waitFor('consolidation', async () => {
+            const now = (await getJson<{ data: WorkerView[] }>(`${gatewayUrl}/admin/workers`)).data;
+            const whole = now.some((w) => w.instances.some((i) => i.instanceId !== pipelineId && i.residency === 'ON_DEVICE'));
+            return whole ? performance.now() - cold.startedAt : null;
+          });
+    const warm = await complete(gatewayUrl);
     await stopAll();
     return {
       label,
@@ -231,6 +246,7 @@ async function main(): Promise<void> {
       warm,
       trace,
       largestStageBytes: Math.max(0, ...stageBytes),
+      consolidatedAfterMs,
       measuredBytesPerS: rates.length === 0 ? 0 : rates.reduce((a, b) => a + b, 0) / rates.length,
       allTtftMs: [],
     };
@@ -262,7 +278,7 @@ async function main(): Promise<void> {
       `${os.cpus().length} CPUs (${os.cpus()[0]?.model})`,
   );
   console.log('baseline: 1 worker, whole model, --no-load-overlap (fetch every byte, then runtime init, then copy into the stage)');
-  const header = ['config', 'TTFT ms', 'floor ms', 'TTFT/floor', 'stage floor ms', 'vs baseline', 'load ms', 'fetch ms', 'init ms', 'copy ms', 'prefill ms', 'warm TTFT ms', 'meas. MB/s', 'all TTFT ms'];
+  const header = ['config', 'TTFT ms', 'floor ms', 'TTFT/floor', 'stage floor ms', 'vs baseline', 'load ms', 'fetch ms', 'init ms', 'copy ms', 'prefill ms', 'consolidated ms', 'warm TTFT ms', 'meas. MB/s', 'all TTFT ms'];
   console.log(header.map((h, i) => (i === 0 ? h.padEnd(10) : h.padStart(h.length + 1))).join(''));
   for (const r of runs) {
     const floorMs = (modelBytes / (r.k * BANDWIDTH)) * 1000;
@@ -279,6 +295,7 @@ async function main(): Promise<void> {
       fmt(t.initMs),
       fmt(t.copyMs),
       fmt(t.prefillMs, 1),
+      fmt(r.consolidatedAfterMs),
       fmt(r.warm.ttftMs, 1),
       fmt(r.measuredBytesPerS / 1e6, 2),
       r.allTtftMs.map((v) => fmt(v)).join('/'),
