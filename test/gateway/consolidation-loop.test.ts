@@ -8,50 +8,9 @@
 import type { AddressInfo } from 'node:net';
 import OpenAI from 'openai';
 import t from 'tap';
-import type { FastifyInstance } from 'fastify';
 import type { GenerationEvent } from '../../gateway/scheduler/loop.js';
-import { startWorker, type RunningWorker } from '../../worker/daemon/main.js';
-import { loadNativeAddon } from '../../worker/native/addon.js';
 import { MODEL, registerTiny, testApp, tokenizerOf } from './fixtures/helpers.js';
-
-let addonError: string | null = null;
-try {
-  loadNativeAddon();
-} catch (e) {
-  addonError = e instanceof Error ? e.message : String(e);
-}
-
-/** Resolves once the gateway's cluster view satisfies `predicate`. */
-function until(app: FastifyInstance, predicate: () => boolean): Promise<void> {
-  return new Promise((resolve) => {
-    if (predicate()) return resolve();
-    const off = app.cluster.onChange(() => {
-      if (predicate()) {
-        off();
-        resolve();
-      }
-    });
-  });
-}
-
-async function worker(app: FastifyInstance, url: string, id: string, fetchBandwidthBytesPerS: number): Promise<RunningWorker> {
-  const ready = until(app, () => app.cluster.view(id)?.state === 'READY');
-  const w = await startWorker({
-    id,
-    host: '127.0.0.1',
-    port: 0,
-    gatewayUrl: url,
-    backend: 'cpu',
-    hostCacheBytes: 256 * 1024 * 1024,
-    maxContext: 512,
-    drainTimeoutMs: 2_000,
-    logLevel: 'silent',
-    fetchBandwidthBytesPerS,
-    loadOverlap: true,
-  });
-  await ready;
-  return w;
-}
+import { addonError, realWorker, until } from './fixtures/real-workers.js';
 
 t.test('a serving pipeline consolidates into one whole-model instance', { skip: addonError ?? false }, async (t) => {
   const app = await testApp(t, { requestTimeoutMs: 60_000, forcedPipelineDegree: 2 });
@@ -64,7 +23,7 @@ t.test('a serving pipeline consolidates into one whole-model instance', { skip: 
   // A stage's fetch takes about half a second, the whole model's about a second.
   const bandwidth = Math.ceil(model.bytes);
   for (const id of ['a', 'b']) {
-    const w = await worker(app, url, id, bandwidth);
+    const w = await realWorker(app, url, id, { fetchBandwidthBytesPerS: bandwidth });
     t.teardown(() => w.close());
   }
   const instances = (id: string): string[] =>
@@ -136,7 +95,7 @@ t.test('consolidation off: the pipeline keeps serving', { skip: addonError ?? fa
   await app.listen({ host: '127.0.0.1', port: 0 });
   const url = `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`;
   for (const id of ['a', 'b']) {
-    const w = await worker(app, url, id, 1024 ** 3);
+    const w = await realWorker(app, url, id, { fetchBandwidthBytesPerS: 1024 ** 3 });
     t.teardown(() => w.close());
   }
   const openai = new OpenAI({ baseURL: `${url}/v1`, apiKey: 'unused', maxRetries: 0 });

@@ -7,49 +7,8 @@
 import type { AddressInfo } from 'node:net';
 import OpenAI from 'openai';
 import t from 'tap';
-import type { FastifyInstance } from 'fastify';
-import { startWorker, type RunningWorker } from '../../worker/daemon/main.js';
-import { loadNativeAddon } from '../../worker/native/addon.js';
 import { MODEL, registerTiny, testApp } from './fixtures/helpers.js';
-
-let addonError: string | null = null;
-try {
-  loadNativeAddon();
-} catch (e) {
-  addonError = e instanceof Error ? e.message : String(e);
-}
-
-/** Resolves once the gateway's cluster view satisfies `predicate`. */
-function until(app: FastifyInstance, predicate: () => boolean): Promise<void> {
-  return new Promise((resolve) => {
-    if (predicate()) return resolve();
-    const off = app.cluster.onChange(() => {
-      if (predicate()) {
-        off();
-        resolve();
-      }
-    });
-  });
-}
-
-async function worker(app: FastifyInstance, url: string, id: string, hostCacheBytes: number): Promise<RunningWorker> {
-  const ready = until(app, () => app.cluster.view(id)?.state === 'READY');
-  const w = await startWorker({
-    id,
-    host: '127.0.0.1',
-    port: 0,
-    gatewayUrl: url,
-    backend: 'cpu',
-    hostCacheBytes,
-    maxContext: 512,
-    drainTimeoutMs: 2_000,
-    logLevel: 'silent',
-    fetchBandwidthBytesPerS: null,
-    loadOverlap: true,
-  });
-  await ready;
-  return w;
-}
+import { addonError, realWorker, until } from './fixtures/real-workers.js';
 
 t.test('pipelined cold start through the scheduler loop', { skip: addonError ?? false }, async (t) => {
   const app = await testApp(t, { requestTimeoutMs: 60_000, forcedPipelineDegree: 2, consolidate: false });
@@ -61,9 +20,9 @@ t.test('pipelined cold start through the scheduler loop', { skip: addonError ?? 
     openai.chat.completions.create({ model: MODEL, messages: [{ role: 'user', content: 'hello' }], max_tokens: 8, temperature: 0 });
   const holders = (): string[] => app.cluster.views().filter((w) => w.instances.some((i) => i.model === MODEL)).map((w) => w.id);
 
-  const healthy = await worker(app, url, 'a-ok', 256 * 1024 * 1024);
+  const healthy = await realWorker(app, url, 'a-ok');
   t.teardown(() => healthy.close());
-  const cramped = await worker(app, url, 'z-cramped', 1024);
+  const cramped = await realWorker(app, url, 'z-cramped', { hostCacheBytes: 1024 });
 
   const failed = await ask().then(
     () => null,
@@ -75,7 +34,7 @@ t.test('pipelined cold start through the scheduler loop', { skip: addonError ?? 
 
   await cramped.close();
   await until(app, () => app.cluster.view('z-cramped')?.state !== 'READY');
-  const second = await worker(app, url, 'b-ok', 256 * 1024 * 1024);
+  const second = await realWorker(app, url, 'b-ok');
   t.teardown(() => second.close());
 
   const { data: first, response } = await openai.chat.completions

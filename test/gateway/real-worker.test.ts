@@ -5,15 +5,8 @@ import type { AddressInfo } from 'node:net';
 import OpenAI from 'openai';
 import t from 'tap';
 import { startWorker } from '../../worker/daemon/main.js';
-import { loadNativeAddon } from '../../worker/native/addon.js';
 import { MODEL, registerTiny, testApp } from './fixtures/helpers.js';
-
-let addonError: string | null = null;
-try {
-  loadNativeAddon();
-} catch (e) {
-  addonError = e instanceof Error ? e.message : String(e);
-}
+import { addonError } from './fixtures/real-workers.js';
 
 t.test('gateway + real CPU worker', { skip: addonError ?? false }, async (t) => {
   const app = await testApp(t, { requestTimeoutMs: 60_000 });

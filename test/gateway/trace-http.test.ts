@@ -10,16 +10,9 @@ import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import t from 'tap';
 import { startWorker } from '../../worker/daemon/main.js';
-import { loadNativeAddon } from '../../worker/native/addon.js';
 import type { RequestTrace } from '../../gateway/scheduler/trace.js';
 import { MODEL, startCluster, tempDir, testApp, tinyModelUri } from './fixtures/helpers.js';
-
-let addonError: string | null = null;
-try {
-  loadNativeAddon();
-} catch (e) {
-  addonError = e instanceof Error ? e.message : String(e);
-}
+import { addonError } from './fixtures/real-workers.js';
 
 /** Phase name → duration of a server-timing style header. */
 function timings(header: string | null): Map<string, number> {
