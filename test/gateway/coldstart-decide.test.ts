@@ -7,26 +7,13 @@ import type { WorkerView } from '../../gateway/cluster/worker-view.js';
 import { chooseColdStartPlan, decide } from '../../gateway/scheduler/decide.js';
 import type { ColdStartRequest, InFlightLoad, ScheduleRequest, SchedulerAction, SchedulerState } from '../../gateway/scheduler/types.js';
 import type { StageByteProfile } from '../../worker/models/stage-plan.js';
+import { GiB, readyWorker } from './fixtures/scheduler-views.js';
 
-const GiB = 1024 ** 3;
 const NOW = 7_000_000;
 const LAYERS = 8;
 
 function worker(id: string, free: number, o: Partial<WorkerView> = {}): WorkerView {
-  return {
-    id,
-    address: `127.0.0.1:${id.length}`,
-    backend: 'cuda',
-    state: 'READY',
-    devices: [{ index: 0, kind: 'cuda', name: 'gpu', totalBytes: 80 * GiB, freeBytes: free }],
-    instances: [],
-    activeRequests: 0,
-    hostCacheBytes: 0,
-    hostCacheLimit: 0,
-    fetchBytesPerS: 0,
-    lastSeenMs: NOW,
-    ...o,
-  };
+  return readyWorker(id, free, { backend: 'cuda', devices: [{ index: 0, kind: 'cuda', name: 'gpu', totalBytes: 80 * GiB, freeBytes: free }], ...o });
 }
 
 /** 8 layers of 1 GiB, small ends: about 8 GiB, ~6.9 s to fetch at the default 10 Gbit/s. */

@@ -9,26 +9,9 @@ import type { InstanceView, WorkerView } from '../../gateway/cluster/worker-view
 import { decide, withoutInstances, withoutWorkers } from '../../gateway/scheduler/decide.js';
 import { loadFailureKind } from '../../gateway/scheduler/loop.js';
 import type { InFlightLoad, ScheduleRequest, SchedulerState } from '../../gateway/scheduler/types.js';
+import { GiB, readyWorker } from './fixtures/scheduler-views.js';
 
-const GiB = 1024 ** 3;
 const NOW = 1_000_000;
-
-function worker(id: string, free: number, o: Partial<WorkerView> = {}): WorkerView {
-  return {
-    id,
-    address: `127.0.0.1:${id.length}`,
-    backend: 'cpu',
-    state: 'READY',
-    devices: [{ index: 0, kind: 'cpu', name: 'cpu', totalBytes: 64 * GiB, freeBytes: free }],
-    instances: [],
-    activeRequests: 0,
-    hostCacheBytes: 0,
-    hostCacheLimit: 0,
-    fetchBytesPerS: 0,
-    lastSeenMs: NOW,
-    ...o,
-  };
-}
 
 function instance(id: string, stage: { index: number; count: number } | null): InstanceView {
   return {
@@ -71,15 +54,15 @@ function state(workers: WorkerView[], loads: InFlightLoad[] = []): SchedulerStat
 }
 
 t.test('an instance listed ON_DEVICE whose load has not answered READY is not run on', async (t) => {
-  const s = state([worker('w1', 4 * GiB, { instances: [instance('m@w1#0', null)] })], [load('m@w1#0', 'w1', 'loading', null)]);
+  const s = state([readyWorker('w1', 4 * GiB, { instances: [instance('m@w1#0', null)] })], [load('m@w1#0', 'w1', 'loading', null)]);
   t.match(decide(s, request, NOW), { kind: 'await-load', instanceId: 'm@w1#0' });
   const answered = state([...s.workers], [load('m@w1#0', 'w1', 'ready', null)]);
   t.match(decide(answered, request, NOW), { kind: 'run-on', instanceId: 'm@w1#0' }, 'runnable once READY was answered');
 });
 
 t.test('a pipeline with a stage still loading, or a stage on a DOWN worker, is not run on', async (t) => {
-  const stage0 = worker('w1', 4 * GiB, { instances: [instance('m@w1#0', { index: 0, count: 2 })] });
-  const stage1 = worker('w2', 4 * GiB, { instances: [instance('m@w1#0', { index: 1, count: 2 })] });
+  const stage0 = readyWorker('w1', 4 * GiB, { instances: [instance('m@w1#0', { index: 0, count: 2 })] });
+  const stage1 = readyWorker('w2', 4 * GiB, { instances: [instance('m@w1#0', { index: 1, count: 2 })] });
   const loading = state([stage0, stage1], [load('m@w1#0', 'w1', 'ready', { index: 0, count: 2 }), load('m@w1#0', 'w2', 'loading', { index: 1, count: 2 })]);
   t.match(decide(loading, request, NOW), { kind: 'await-load', instanceId: 'm@w1#0' }, 'both stages listed ON_DEVICE, one not READY yet');
 
@@ -91,7 +74,7 @@ t.test('a pipeline with a stage still loading, or a stage on a DOWN worker, is n
 });
 
 t.test('withoutWorkers re-places away from a worker that still looks READY', async (t) => {
-  const s = state([worker('w1', 8 * GiB), worker('w2', 2 * GiB)]);
+  const s = state([readyWorker('w1', 8 * GiB), readyWorker('w2', 2 * GiB)]);
   t.match(decide(s, request, NOW), { kind: 'load-then-run', workerId: 'w1' });
   t.match(decide(withoutWorkers(s, new Set(['w1'])), request, NOW), { kind: 'load-then-run', workerId: 'w2' });
   t.match(decide(withoutWorkers(s, new Set(['w1', 'w2'])), request, NOW), { kind: 'reject', reason: /no worker is READY \(w1: DOWN, w2: DOWN\)/ });
@@ -117,7 +100,7 @@ t.test('which load failures lose the worker', async (t) => {
 });
 
 t.test('withoutInstances: a failed pipeline\'s stage is never run on and its id stays taken', async (t) => {
-  const w1 = worker('w1', 8 * GiB, { instances: [instance('m@w1#0', null)] });
+  const w1 = readyWorker('w1', 8 * GiB, { instances: [instance('m@w1#0', null)] });
   const s = state([w1]);
   t.match(decide(s, request, NOW), { kind: 'run-on', instanceId: 'm@w1#0' });
   const retired = withoutInstances(s, new Set(['m@w1#0']));

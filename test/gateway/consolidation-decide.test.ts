@@ -4,35 +4,14 @@
 // loading) nor where nothing fits; once the whole-model instance is runnable it wins over the
 // pipeline whatever their active counts, and while it loads the pipeline keeps serving.
 import t from 'tap';
-import type { InstanceView, StageView, WorkerView } from '../../gateway/cluster/worker-view.js';
+import type { InstanceView, WorkerView } from '../../gateway/cluster/worker-view.js';
 import { chooseConsolidationTarget, decide } from '../../gateway/scheduler/decide.js';
 import type { ConsolidationRequest, InFlightLoad, ScheduleRequest, SchedulerState } from '../../gateway/scheduler/types.js';
+import { GiB, readyWorker, stageView } from './fixtures/scheduler-views.js';
 
-const GiB = 1024 ** 3;
 const NOW = 7_000_000;
 const RANGE = { layerStart: 0, layerEnd: 2, hasEmbeddings: true, hasHead: true };
 const PIPE = 'm@a#0';
-
-function worker(id: string, free: number, o: Partial<WorkerView> = {}): WorkerView {
-  return {
-    id,
-    address: `127.0.0.1:${id.length}`,
-    backend: 'cpu',
-    state: 'READY',
-    devices: [{ index: 0, kind: 'cpu', name: 'cpu', totalBytes: 64 * GiB, freeBytes: free }],
-    instances: [],
-    activeRequests: 0,
-    hostCacheBytes: 0,
-    hostCacheLimit: 0,
-    fetchBytesPerS: 0,
-    lastSeenMs: NOW,
-    ...o,
-  };
-}
-
-function stageView(index: number, count: number): StageView {
-  return { layerStart: index, layerEnd: index + 1, hasEmbeddings: index === 0, hasHead: index === count - 1, stageIndex: index, stageCount: count };
-}
 
 function stage(index: number, o: Partial<InstanceView> = {}): InstanceView {
   return { instanceId: PIPE, model: 'm', stage: stageView(index, 2), device: 0, residency: 'ON_DEVICE', deviceBytes: GiB, hostBytes: GiB, activeRequests: 0, error: null, ...o };
@@ -45,7 +24,7 @@ function whole(id: string, o: Partial<InstanceView> = {}): InstanceView {
 /** Pipeline m@a#0: stage 0 on a, stage 1 on b; `freeA`/`freeB` their free bytes; `others` more workers. */
 function state(freeA: number, freeB: number, others: WorkerView[] = [], loads: InFlightLoad[] = [], extraA: InstanceView[] = []): SchedulerState {
   return {
-    workers: [worker('a', freeA, { instances: [stage(0), ...extraA] }), worker('b', freeB, { instances: [stage(1)] }), ...others],
+    workers: [readyWorker('a', freeA, { instances: [stage(0), ...extraA] }), readyWorker('b', freeB, { instances: [stage(1)] }), ...others],
     loads,
     gatewayActive: new Map(),
   };
@@ -62,7 +41,7 @@ const targetCases: { name: string; state: SchedulerState; want: { worker: string
   { name: 'stage 0 full: the next member', state: state(GiB, 3 * GiB), want: { worker: 'b', instance: 'm@b#0', why: /b is stage 1 of m@a#0 .*stage 0's worker a has not/ } },
   {
     name: 'no member fits: the non-member with the most free',
-    state: state(GiB, GiB, [worker('c', 3 * GiB), worker('d', 5 * GiB)]),
+    state: state(GiB, GiB, [readyWorker('c', 3 * GiB), readyWorker('d', 5 * GiB)]),
     want: { worker: 'd', instance: 'm@d#0', why: /no member of m@a#0 has room; d/ },
   },
   {
@@ -70,8 +49,8 @@ const targetCases: { name: string; state: SchedulerState; want: { worker: string
     state: state(3 * GiB, 4 * GiB, [], [{ instanceId: 'x@a#0', model: 'x', workerId: 'a', device: 0, bytes: 2 * GiB, startedMs: NOW, status: 'loading', pipelineStage: null }]),
     want: { worker: 'b', instance: 'm@b#0', why: /stage 1/ },
   },
-  { name: 'a DOWN member is passed over', state: { ...state(4 * GiB, 4 * GiB), workers: [worker('a', 4 * GiB, { state: 'DOWN', instances: [stage(0)] }), worker('b', 4 * GiB, { instances: [stage(1)] })] }, want: { worker: 'b', instance: 'm@b#0', why: /stage 1/ } },
-  { name: 'nothing fits', state: state(GiB, 1.5 * GiB, [worker('c', GiB)]), want: { skip: /no device has 2(\.0)? GiB free to consolidate m@a#0; the most free is 1\.5 GiB on b/ } },
+  { name: 'a DOWN member is passed over', state: { ...state(4 * GiB, 4 * GiB), workers: [readyWorker('a', 4 * GiB, { state: 'DOWN', instances: [stage(0)] }), readyWorker('b', 4 * GiB, { instances: [stage(1)] })] }, want: { worker: 'b', instance: 'm@b#0', why: /stage 1/ } },
+  { name: 'nothing fits', state: state(GiB, 1.5 * GiB, [readyWorker('c', GiB)]), want: { skip: /no device has 2(\.0)? GiB free to consolidate m@a#0; the most free is 1\.5 GiB on b/ } },
   { name: 'a whole-model instance is loading', state: state(4 * GiB, 4 * GiB, [], [wholeLoad('b', 'm@b#0', 'loading')]), want: { skip: /already has a whole-model instance \(m@b#0, loading\)/ } },
   { name: 'a whole-model instance is on a device', state: state(4 * GiB, 4 * GiB, [], [], [whole('m@a#1')]), want: { skip: /already has a whole-model instance \(m@a#1\)/ } },
 ];

@@ -3,33 +3,12 @@
 // stage is on a device of a READY worker, concurrent requests join its load, and a cluster
 // too small or too full for the stages is a 503 that says why.
 import t, { type Test } from 'tap';
-import type { InstanceView, StageView, WorkerView } from '../../gateway/cluster/worker-view.js';
+import type { InstanceView, WorkerView } from '../../gateway/cluster/worker-view.js';
 import { chooseColdStartPlan, decide } from '../../gateway/scheduler/decide.js';
 import type { InFlightLoad, PlannedStage, ScheduleRequest, SchedulerAction, SchedulerState } from '../../gateway/scheduler/types.js';
+import { GiB, readyWorker, stageView } from './fixtures/scheduler-views.js';
 
-const GiB = 1024 ** 3;
 const NOW = 5_000_000;
-
-function worker(id: string, free: number, o: Partial<WorkerView> = {}): WorkerView {
-  return {
-    id,
-    address: `127.0.0.1:${id.length}`,
-    backend: 'cpu',
-    state: 'READY',
-    devices: [{ index: 0, kind: 'cpu', name: 'cpu', totalBytes: 64 * GiB, freeBytes: free }],
-    instances: [],
-    activeRequests: 0,
-    hostCacheBytes: 0,
-    hostCacheLimit: 0,
-    fetchBytesPerS: 0,
-    lastSeenMs: NOW,
-    ...o,
-  };
-}
-
-function stageView(index: number, count: number): StageView {
-  return { layerStart: index, layerEnd: index + 1, hasEmbeddings: index === 0, hasHead: index === count - 1, stageIndex: index, stageCount: count };
-}
 
 function stageInstance(id: string, index: number, count: number, o: Partial<InstanceView> = {}): InstanceView {
   return { instanceId: id, model: 'm', stage: stageView(index, count), device: 0, residency: 'ON_DEVICE', deviceBytes: GiB, hostBytes: GiB, activeRequests: 0, error: null, ...o };
@@ -70,7 +49,7 @@ interface Row {
 const rows: Row[] = [
   {
     name: 'a forced degree 2 places stages on the two workers with the most free memory',
-    state: state([worker('w1', 3 * GiB), worker('w2', 9 * GiB), worker('w3', 6 * GiB)]),
+    state: state([readyWorker('w1', 3 * GiB), readyWorker('w2', 9 * GiB), readyWorker('w3', 6 * GiB)]),
     request: request(2),
     expect: (tt, a) => {
       tt.equal(a.kind, 'load-pipeline-then-run');
@@ -83,21 +62,21 @@ const rows: Row[] = [
   },
   {
     name: 'too few READY workers for the degree: 503 saying how many',
-    state: state([worker('w1', 9 * GiB), worker('w2', 9 * GiB, { state: 'DRAINING' })]),
+    state: state([readyWorker('w1', 9 * GiB), readyWorker('w2', 9 * GiB, { state: 'DRAINING' })]),
     request: request(2),
     expect: (tt, a) => tt.match(a, { kind: 'reject', status: 503, reason: /needs 2 READY workers with a device; 1 are/ }),
   },
   {
     name: 'a stage that does not fit its worker: 503',
-    state: state([worker('w1', 9 * GiB), worker('w2', GiB / 2)]),
+    state: state([readyWorker('w1', 9 * GiB), readyWorker('w2', GiB / 2)]),
     request: request(2),
     expect: (tt, a) => tt.match(a, { kind: 'reject', reason: /stage 1 .* worker w2/ }),
   },
   {
     name: 'a complete pipeline runs on stage 0\'s worker',
     state: state([
-      worker('w2', GiB, { instances: [stageInstance('m@w1#0', 1, 2)] }),
-      worker('w1', GiB, { instances: [stageInstance('m@w1#0', 0, 2)] }),
+      readyWorker('w2', GiB, { instances: [stageInstance('m@w1#0', 1, 2)] }),
+      readyWorker('w1', GiB, { instances: [stageInstance('m@w1#0', 0, 2)] }),
     ]),
     request: request(2),
     expect: (tt, a) => tt.match(a, { kind: 'run-on', workerId: 'w1', instanceId: 'm@w1#0' }),
@@ -105,9 +84,9 @@ const rows: Row[] = [
   {
     name: 'a pipeline missing a stage (its worker is DOWN) does not serve: a new pipeline loads',
     state: state([
-      worker('w1', 9 * GiB, { instances: [stageInstance('m@w1#0', 0, 2)] }),
-      worker('w2', 9 * GiB, { state: 'DOWN', instances: [stageInstance('m@w1#0', 1, 2)] }),
-      worker('w3', 8 * GiB),
+      readyWorker('w1', 9 * GiB, { instances: [stageInstance('m@w1#0', 0, 2)] }),
+      readyWorker('w2', 9 * GiB, { state: 'DOWN', instances: [stageInstance('m@w1#0', 1, 2)] }),
+      readyWorker('w3', 8 * GiB),
     ]),
     request: request(2),
     expect: (tt, a) => {
@@ -117,23 +96,23 @@ const rows: Row[] = [
   },
   {
     name: 'stages answered READY before snapshots show them: runnable',
-    state: state([worker('w1', GiB), worker('w2', GiB)], [stageLoad('m@w1#0', 'w1', 0, 2, 'ready'), stageLoad('m@w1#0', 'w2', 1, 2, 'ready')]),
+    state: state([readyWorker('w1', GiB), readyWorker('w2', GiB)], [stageLoad('m@w1#0', 'w1', 0, 2, 'ready'), stageLoad('m@w1#0', 'w2', 1, 2, 'ready')]),
     request: request(2),
     expect: (tt, a) => tt.match(a, { kind: 'run-on', workerId: 'w1', instanceId: 'm@w1#0' }),
   },
   {
     name: 'one stage still loading: join the load',
-    state: state([worker('w1', GiB), worker('w2', GiB)], [stageLoad('m@w1#0', 'w1', 0, 2, 'ready'), stageLoad('m@w1#0', 'w2', 1, 2, 'loading')]),
+    state: state([readyWorker('w1', GiB), readyWorker('w2', GiB)], [stageLoad('m@w1#0', 'w1', 0, 2, 'ready'), stageLoad('m@w1#0', 'w2', 1, 2, 'loading')]),
     request: request(2),
     expect: (tt, a) => tt.match(a, { kind: 'await-load', instanceId: 'm@w1#0' }),
   },
   {
     name: 'a warm whole-model instance wins over a pipelined cold start',
     state: state([
-      worker('w1', GiB, {
+      readyWorker('w1', GiB, {
         instances: [{ ...stageInstance('m@w1#0', 0, 1), stage: { ...stageView(0, 1), layerEnd: 2, hasHead: true } }],
       }),
-      worker('w2', 9 * GiB),
+      readyWorker('w2', 9 * GiB),
     ]),
     request: request(2),
     expect: (tt, a) => tt.match(a, { kind: 'run-on', instanceId: 'm@w1#0' }),
@@ -147,7 +126,7 @@ t.test('pipeline decisions', async (t) => {
 });
 
 t.test('chooseColdStartPlan: the forced degree and READY workers by free memory', async (t) => {
-  const s = state([worker('a', 2 * GiB), worker('b', 5 * GiB, { state: 'DRAINED' }), worker('c', 7 * GiB), worker('d', 7 * GiB, { activeRequests: 1 })]);
+  const s = state([readyWorker('a', 2 * GiB), readyWorker('b', 5 * GiB, { state: 'DRAINED' }), readyWorker('c', 7 * GiB), readyWorker('d', 7 * GiB, { activeRequests: 1 })]);
   const p = chooseColdStartPlan(s, request(4));
   t.equal(p.kind, 'configured');
   if (p.kind !== 'configured') return;
