@@ -9,6 +9,7 @@ import { ModelFormatError } from './errors.js';
 import {
   checkPath,
   checkRange,
+  collectRange,
   concat,
   errorCode,
   missing,
@@ -217,11 +218,8 @@ class S3Source implements ModelSourceReader {
     return concat(chunks, got);
   }
 
-  async readRange(path: string, start: number, end: number): Promise<Uint8Array> {
-    checkRange(path, start, end);
-    const out = new Uint8Array(end - start);
-    await this.streamRange(path, start, end, (chunk, offset) => out.set(chunk, offset - start), null);
-    return out;
+  readRange(path: string, start: number, end: number): Promise<Uint8Array> {
+    return collectRange(this, path, start, end);
   }
 
   async streamRange(

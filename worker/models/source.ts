@@ -98,6 +98,14 @@ export function checkRange(path: string, start: number, end: number): void {
   }
 }
 
+/** readRange for sources that stream: the streamed chunks of [start, end) in one array. */
+export async function collectRange(source: ModelSourceReader, path: string, start: number, end: number): Promise<Uint8Array> {
+  checkRange(path, start, end);
+  const out = new Uint8Array(end - start);
+  await source.streamRange(path, start, end, (chunk, offset) => out.set(chunk, offset - start), null);
+  return out;
+}
+
 export function missing(path: string, uri: string): ModelFormatError {
   return new ModelFormatError(`missing file ${path} at ${uri}`, path, 'missing_file');
 }
@@ -389,11 +397,8 @@ class HttpSource implements ModelSourceReader {
     return this.unexpectedStatus(res, path, ` for ${rangeHeader}`);
   }
 
-  async readRange(path: string, start: number, end: number): Promise<Uint8Array> {
-    checkRange(path, start, end);
-    const out = new Uint8Array(end - start);
-    await this.streamRange(path, start, end, (chunk, offset) => out.set(chunk, offset - start), null);
-    return out;
+  readRange(path: string, start: number, end: number): Promise<Uint8Array> {
+    return collectRange(this, path, start, end);
   }
 
   async streamRange(
