@@ -5,7 +5,7 @@
 import client from 'prom-client';
 import type { ClusterState } from './cluster/cluster-state.js';
 import type { LoopObserver } from './scheduler/loop.js';
-import type { RequestTrace } from './scheduler/trace.js';
+import { namedPhases, type RequestTrace } from './scheduler/trace.js';
 
 const LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120];
 
@@ -101,18 +101,7 @@ export class GatewayMetrics implements LoopObserver {
   requestTraced(trace: RequestTrace): void {
     if (trace.status !== 'ok' || trace.path === null) return;
     const labels = { path: trace.path.kind, degree: String(trace.path.degree) };
-    const t = trace.timings;
-    const phases: [string, number | null][] = [
-      ['queue', t.queueMs],
-      ['load', t.loadMs],
-      ['fetch', t.fetchMs],
-      ['copy', t.copyMs],
-      ['init', t.initMs],
-      ['first_token', t.firstTokenMs],
-      ['prefill', t.prefillMs],
-      ['decode', t.decodeMs],
-    ];
-    for (const [phase, ms] of phases) {
+    for (const [phase, ms] of namedPhases(trace.timings)) {
       if (ms !== null) this.requestPhases.observe({ ...labels, phase }, ms / 1000);
     }
   }

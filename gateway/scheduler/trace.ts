@@ -284,21 +284,30 @@ export function pathHeader(trace: RequestTrace): string | null {
   return parts.join(';');
 }
 
-/**
- * Server-Timing style: `queue;dur=1.2, load;dur=230, fetch;dur=…, …`. `upToFirstToken` keeps
- * what is known when a stream's headers go out (queue, load and its phases, first token).
- */
-export function timingHeader(trace: RequestTrace, upToFirstToken: boolean): string {
-  const t = trace.timings;
-  const all: [string, number | null][] = [
+/** The phases of a request by name, in the order they happen (headers and metrics use these names). */
+export function namedPhases(t: RequestTrace['timings']): [string, number | null][] {
+  return [
     ['queue', t.queueMs],
     ['load', t.loadMs],
     ['fetch', t.fetchMs],
     ['copy', t.copyMs],
     ['init', t.initMs],
     ['first_token', t.firstTokenMs],
+    ['prefill', t.prefillMs],
+    ['decode', t.decodeMs],
   ];
-  if (!upToFirstToken) all.push(['prefill', t.prefillMs], ['decode', t.decodeMs], ['total', t.totalMs]);
+}
+
+/** How many of namedPhases are known when a stream's headers go out (up to the first token). */
+const PHASES_UP_TO_FIRST_TOKEN = 6;
+
+/**
+ * Server-Timing style: `queue;dur=1.2, load;dur=230, fetch;dur=…, …`. `upToFirstToken` keeps
+ * what is known when a stream's headers go out (queue, load and its phases, first token).
+ */
+export function timingHeader(trace: RequestTrace, upToFirstToken: boolean): string {
+  const phases = namedPhases(trace.timings);
+  const all = upToFirstToken ? phases.slice(0, PHASES_UP_TO_FIRST_TOKEN) : [...phases, ['total', trace.timings.totalMs] as [string, number | null]];
   return all
     .filter((e): e is [string, number] => e[1] !== null)
     .map(([name, ms]) => `${name};dur=${Math.round(ms * 10) / 10}`)
