@@ -1,5 +1,6 @@
-// Host buffer exports (see AddonHostBuffer.h). All of them run on the JS thread; stages
-// copy what they bind, so a buffer may be freed or rewritten once bindTensor returns.
+// Host buffer and host pool exports (see AddonHostBuffer.h). All of them run on the JS
+// thread. A binding shares ownership of its buffer, so freeHostBuffer right after
+// bindTensor is safe even while an asynchronous copy still reads it.
 #include "AddonHostBuffer.h"
 
 #include <cstring>
@@ -9,6 +10,7 @@
 #include "AddonValues.h"
 #include "core/Backends.h"
 #include "core/Errors.h"
+#include "core/HostPool.h"
 
 namespace paraserve {
 
@@ -17,7 +19,7 @@ namespace {
 constexpr napi_type_tag kHostBufferTag = {0x7061726173657276ULL, 0x486f737442756631ULL};
 
 struct HostBufferBox {
-  std::unique_ptr<HostBuffer> buffer;  // null once freed
+  std::shared_ptr<HostBuffer> buffer;  // null once freed
 };
 
 HostBufferBox& unwrapBox(const Napi::Value& value, const std::string& what) {
@@ -65,6 +67,26 @@ Napi::Value WriteHostBuffer(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+Napi::Value PoolInfoValue(Napi::Env env, const HostPoolInfo& pool) {
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("bytes", Napi::Number::New(env, static_cast<double>(pool.bytes)));
+  out.Set("freeBytes", Napi::Number::New(env, static_cast<double>(pool.freeBytes)));
+  out.Set("largestFreeBytes", Napi::Number::New(env, static_cast<double>(pool.largestFreeBytes)));
+  out.Set("pinned", Napi::Boolean::New(env, pool.pinned));
+  return out;
+}
+
+Napi::Value ConfigureHostPool(const Napi::CallbackInfo& info) {
+  const int64_t bytes = integerValue(info[0], "bytes", 1, kMaxSafeInteger);
+  const bool pinned = boolValue(info[1], "pinned");
+  return PoolInfoValue(info.Env(), configureHostPool(static_cast<uint64_t>(bytes), pinned));
+}
+
+Napi::Value HostPoolInfoExport(const Napi::CallbackInfo& info) {
+  const std::shared_ptr<HostPool> pool = currentHostPool();
+  return pool ? PoolInfoValue(info.Env(), pool->info()) : info.Env().Null();
+}
+
 // Idempotent: freeing twice is not an error, using a freed buffer is (DisposedError).
 Napi::Value FreeHostBuffer(const Napi::CallbackInfo& info) {
   unwrapBox(info[0], "buffer").buffer.reset();
@@ -74,9 +96,13 @@ Napi::Value FreeHostBuffer(const Napi::CallbackInfo& info) {
 }  // namespace
 
 const HostBuffer& unwrapHostBuffer(const Napi::Value& value, const std::string& what) {
+  return *sharedHostBuffer(value, what);
+}
+
+std::shared_ptr<const HostBuffer> sharedHostBuffer(const Napi::Value& value, const std::string& what) {
   HostBufferBox& box = unwrapBox(value, what);
   if (!box.buffer) throw DisposedError(what + " was freed (freeHostBuffer)");
-  return *box.buffer;
+  return box.buffer;
 }
 
 void registerHostBufferExports(Napi::Env env, Napi::Object exports) {
@@ -84,6 +110,8 @@ void registerHostBufferExports(Napi::Env env, Napi::Object exports) {
   exportFunction<HostBufferInfo>(env, exports, "hostBufferInfo");
   exportFunction<WriteHostBuffer>(env, exports, "writeHostBuffer");
   exportFunction<FreeHostBuffer>(env, exports, "freeHostBuffer");
+  exportFunction<ConfigureHostPool>(env, exports, "configureHostPool");
+  exportFunction<HostPoolInfoExport>(env, exports, "hostPoolInfo");
 }
 
 }  // namespace paraserve

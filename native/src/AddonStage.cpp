@@ -103,7 +103,7 @@ TensorBinding parseBinding(const Napi::Value& value) {
     binding.shape.push_back(
         integerValue(dims.Get(i), "binding.shape[" + std::to_string(i) + "]", 0, kMaxSafeInteger));
   }
-  binding.buffer = &unwrapHostBuffer(o.Get("buffer"), "binding.buffer");
+  binding.buffer = sharedHostBuffer(o.Get("buffer"), "binding.buffer");
   binding.offset = static_cast<uint64_t>(integerValue(o.Get("offset"), "binding.offset", 0, kMaxSafeInteger));
   return binding;
 }
@@ -184,6 +184,72 @@ class ForwardWorker final : public Napi::AsyncWorker {
   const char* errorName_ = "NativeError";
 };
 
+// Runs Backend::prepareDevice on a libuv worker thread.
+class PrepareDeviceWorker final : public Napi::AsyncWorker {
+ public:
+  PrepareDeviceWorker(Napi::Env env, Backend* backend, int64_t device)
+      : Napi::AsyncWorker(env, "paraserve.prepareDevice"),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        backend_(backend),
+        device_(device) {}
+
+  Napi::Promise promise() const { return deferred_.Promise(); }
+
+ protected:
+  void Execute() override {
+    try {
+      backend_->prepareDevice(device_);
+    } catch (...) {
+      const CaughtError caught = describeCurrentException();
+      errorName_ = caught.name;
+      SetError(caught.message);
+    }
+  }
+  void OnOK() override { deferred_.Resolve(Env().Undefined()); }
+  void OnError(const Napi::Error& error) override {
+    deferred_.Reject(namedError(Env(), errorName_, error.Message()).Value());
+  }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  Backend* backend_;
+  int64_t device_;
+  const char* errorName_ = "NativeError";
+};
+
+// Rejects the promise of a function that never throws with the current exception.
+Napi::Promise rejectedPromise(Napi::Env env) {
+  auto deferred = Napi::Promise::Deferred::New(env);
+  try {
+    throw;
+  } catch (const Napi::Error& error) {
+    deferred.Reject(error.Value());
+  } catch (...) {
+    const CaughtError caught = describeCurrentException();
+    deferred.Reject(namedError(env, caught.name, caught.message).Value());
+  }
+  return deferred.Promise();
+}
+
+// Never throws: every failure rejects the returned promise.
+Napi::Value PrepareDevice(const Napi::CallbackInfo& info) {
+  try {
+    const BackendKind kind = backendValue(info[0], "backend");
+    const int64_t device = integerValue(info[1], "device", 0, kMaxSafeInteger);
+    Backend* backend = findBackend(kind);
+    if (backend == nullptr) {
+      throw NotImplementedError(std::string("the cuda backend is not compiled into this binary: ") +
+                                cudaSkippedReason());
+    }
+    auto* worker = new PrepareDeviceWorker(info.Env(), backend, device);
+    const Napi::Promise promise = worker->promise();
+    worker->Queue();
+    return promise;
+  } catch (...) {
+    return rejectedPromise(info.Env());
+  }
+}
+
 Napi::Value CreateStage(const Napi::CallbackInfo& info) {
   StageSpec spec = parseStageSpec(info[0]);
   validateStageSpec(spec);
@@ -229,15 +295,8 @@ Napi::Value Forward(const Napi::CallbackInfo& info) {
     const Napi::Promise promise = worker->promise();
     worker->Queue();
     return promise;
-  } catch (const Napi::Error& error) {
-    auto deferred = Napi::Promise::Deferred::New(env);
-    deferred.Reject(error.Value());
-    return deferred.Promise();
   } catch (...) {
-    const CaughtError caught = describeCurrentException();
-    auto deferred = Napi::Promise::Deferred::New(env);
-    deferred.Reject(namedError(env, caught.name, caught.message).Value());
-    return deferred.Promise();
+    return rejectedPromise(env);
   }
 }
 
@@ -260,6 +319,7 @@ Napi::Value DisposeStage(const Napi::CallbackInfo& info) {
 }  // namespace
 
 void registerStageExports(Napi::Env env, Napi::Object exports) {
+  exportFunction<PrepareDevice>(env, exports, "prepareDevice");
   exportFunction<CreateStage>(env, exports, "createStage");
   exportFunction<BindTensor>(env, exports, "bindTensor");
   exportFunction<MissingTensors>(env, exports, "missingTensors");

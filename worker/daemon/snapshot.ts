@@ -72,6 +72,7 @@ export function instanceState(instance: InstanceFacts): InstanceState__Output {
     hostBytes: instance.hostBytes,
     activeRequests: instance.activeRequests,
     error: instance.error,
+    lastUsedMs: 0,
   };
 }
 
@@ -90,5 +91,6 @@ export function buildSnapshot(facts: SnapshotFacts): WorkerSnapshot__Output {
     instances: facts.instances.map(instanceState),
     activeRequests: facts.instances.reduce((sum, i) => sum + i.activeRequests, 0),
     fetchBytesPerS: facts.fetchBytesPerS,
+    hostCachePinned: false,
   };
 }

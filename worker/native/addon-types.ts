@@ -33,6 +33,16 @@ export interface BuildInfo {
   version: string;
 }
 
+/** The host cache's memory: one region allocated once, buffers carved out of it. */
+export interface HostPoolInfo {
+  bytes: number;
+  freeBytes: number;
+  /** The largest buffer that can be allocated now. */
+  largestFreeBytes: number;
+  /** false where pinning failed: pageable memory (host-to-GPU copies run slower). */
+  pinned: boolean;
+}
+
 export interface HostBufferInfo {
   bytes: number;
   /** false where pinning failed or the backend does not pin: pageable memory. */
@@ -109,10 +119,28 @@ export interface NativeAddon {
   /** Copies data into the buffer at offset; throws RangeError past its end. */
   writeHostBuffer(buffer: HostBufferHandle, offset: number, data: Uint8Array): void;
   freeHostBuffer(buffer: HostBufferHandle): void;
+  /**
+   * Allocates the host pool (pinned where possible; pageable with a logged warning when
+   * pinning fails). From then on allocHostBuffer carves buffers out of it and throws
+   * OutOfMemoryError when it is full. Replaces an earlier pool; live buffers keep theirs.
+   */
+  configureHostPool(bytes: number, pinned: boolean): HostPoolInfo;
+  /** The current host pool, or null when none was configured. */
+  hostPoolInfo(): HostPoolInfo | null;
+
+  /**
+   * Creates a device's context and library handles ahead of its first stage (runtime init,
+   * overlapped with fetching). Resolves at once on the CPU backend.
+   */
+  prepareDevice(backend: BackendName, device: number): Promise<void>;
 
   /** Allocates the stage's weights and KV cache space on its device. */
   createStage(spec: StageSpec): StageHandle;
-  /** Copies (and converts) one tensor into the stage; checks its name and shape. */
+  /**
+   * Copies (and converts) one tensor into the stage; checks its name and shape. On CUDA the
+   * copy is queued (chunked, on the stage's copy stream) and this returns at once; a forward
+   * waits only for the layers it reaches, so compute starts before the copy ends.
+   */
   bindTensor(stage: StageHandle, binding: TensorBinding): void;
   /** Names of tensors the stage still lacks; [] once it can run. */
   missingTensors(stage: StageHandle): string[];

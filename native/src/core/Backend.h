@@ -58,12 +58,14 @@ struct DeviceInfo {
 };
 
 // One tensor's bytes in a host buffer (a copy-plan entry), already checked against the
-// buffer's size and the stage's expected shape by the caller.
+// buffer's size and the stage's expected shape by the caller. The binding shares ownership
+// of the buffer so a backend that copies asynchronously (CUDA) keeps it alive until its copy
+// has landed, even when JS frees the buffer right after bindTensor returns.
 struct TensorBinding {
   std::string name;
   DType dtype = DType::F32;
   std::vector<int64_t> shape;
-  const HostBuffer* buffer = nullptr;
+  std::shared_ptr<const HostBuffer> buffer;
   uint64_t offset = 0;
 };
 
@@ -91,6 +93,15 @@ class Stage {
   // Appends the tokens to the sequence's KV cache at request.position, discarding any
   // cached tokens at or after it; throws InvalidArgumentError past maxContext.
   virtual std::vector<float> forward(const ForwardRequest& request) = 0;
+  // Several distinct sequences in one pass (continuous batching): each request as in
+  // forward, outputs in request order. Backends that can share weight reads across the
+  // batch override this; the default runs the requests one after another.
+  virtual std::vector<std::vector<float>> forwardBatch(const std::vector<ForwardRequest>& requests) {
+    std::vector<std::vector<float>> outputs;
+    outputs.reserve(requests.size());
+    for (const ForwardRequest& request : requests) outputs.push_back(forward(request));
+    return outputs;
+  }
   // Frees a sequence's KV cache; unknown sequences are ignored.
   virtual void releaseSequence(int64_t sequence) = 0;
   // Weights plus KV cache currently allocated, in bytes.
@@ -106,6 +117,9 @@ class Backend {
   virtual std::vector<DeviceInfo> listDevices() = 0;
   // Page-locked memory when pinned is asked for and the backend can pin, else pageable.
   virtual std::unique_ptr<HostBuffer> allocHost(uint64_t bytes, bool pinned) = 0;
+  // Creates the device context and library handles of a device ahead of the first stage, so
+  // runtime init overlaps fetching; runs on a worker thread. No-op where there is none.
+  virtual void prepareDevice(int64_t device) { (void)device; }
   // spec has passed validateStageSpec; the backend checks what is specific to it.
   virtual std::unique_ptr<Stage> createStage(const StageSpec& spec) = 0;
 };

@@ -1,6 +1,7 @@
 // The backend registry: one static instance per compiled backend.
 #include "core/Backends.h"
 
+#include "core/HostPool.h"
 #include "cpu/CpuBackend.h"
 #ifdef PARASERVE_WITH_CUDA
 #include "cuda/CudaBackend.h"
@@ -60,6 +61,11 @@ const char* cudaSkippedReason() {
 }
 
 std::unique_ptr<HostBuffer> allocateHostBuffer(uint64_t bytes, bool pinned) {
+  if (const std::shared_ptr<HostPool> pool = currentHostPool()) return pool->allocate(bytes);
+  return allocateUnpooledHostBuffer(bytes, pinned);
+}
+
+std::unique_ptr<HostBuffer> allocateUnpooledHostBuffer(uint64_t bytes, bool pinned) {
 #ifdef PARASERVE_WITH_CUDA
   return cudaBackend().allocHost(bytes, pinned);
 #else

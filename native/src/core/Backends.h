@@ -17,7 +17,10 @@ std::vector<BackendKind> compiledBackends();
 std::vector<BackendKind> stageBackends();
 // Why the build left CUDA out; nullptr when it is compiled in.
 const char* cudaSkippedReason();
-// Pinned through the CUDA backend when it is compiled in and pinning works, else pageable.
+// From the host pool when one is configured (HostPool.h; pinned is then the pool's), else
+// allocateUnpooledHostBuffer.
 std::unique_ptr<HostBuffer> allocateHostBuffer(uint64_t bytes, bool pinned);
+// Pinned through the CUDA backend when it is compiled in and pinning works, else pageable.
+std::unique_ptr<HostBuffer> allocateUnpooledHostBuffer(uint64_t bytes, bool pinned);
 
 }  // namespace paraserve

@@ -4,17 +4,19 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <utility>
 
 namespace paraserve {
 
 class HostBuffer {
  public:
-  // Frees memory obtained from whichever allocator made it (free, cudaFreeHost).
-  using Release = void (*)(void* data);
+  // Frees memory obtained from whichever allocator made it (free, cudaFreeHost, a pool).
+  using Release = std::function<void(void* data)>;
 
   HostBuffer(void* data, uint64_t bytes, bool pinned, Release release)
-      : data_(static_cast<uint8_t*>(data)), bytes_(bytes), pinned_(pinned), release_(release) {}
+      : data_(static_cast<uint8_t*>(data)), bytes_(bytes), pinned_(pinned), release_(std::move(release)) {}
   ~HostBuffer() { release_(data_); }
   HostBuffer(const HostBuffer&) = delete;
   HostBuffer& operator=(const HostBuffer&) = delete;
