@@ -3,6 +3,7 @@
 #include <napi.h>
 
 #include "AddonBuildInfo.h"
+#include "AddonDiagnostics.h"
 #include "AddonHostBuffer.h"
 #include "AddonStage.h"
 #include "AddonSystemd.h"
@@ -11,6 +12,7 @@ namespace {
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   paraserve::registerBuildInfoExports(env, exports);
+  paraserve::registerDiagnosticsExports(env, exports);
   paraserve::registerHostBufferExports(env, exports);
   paraserve::registerStageExports(env, exports);
   paraserve::registerSystemdExports(env, exports);

@@ -1,12 +1,15 @@
-// Stage exports (see AddonStage.h). Everything but forward runs synchronously on the JS
-// thread. forward validates its input here, then runs on a libuv worker thread through
-// ForwardWorker, which pins the handle (a reference) and shares ownership of the stage, so
-// disposeStage during a forward frees the stage only when that forward ends.
+// Stage exports (see AddonStage.h). Everything but forward and forwardBatch runs
+// synchronously on the JS thread. Those validate their inputs here, then run on a libuv
+// worker thread through ForwardWorker, which pins the handle (a reference) and shares
+// ownership of the stage, so disposeStage during a forward frees the stage only when that
+// forward ends.
 #include "AddonStage.h"
 
 #include <memory>
+#include <unordered_set>
 #include <utility>
 
+#include "AddonAsync.h"
 #include "AddonErrors.h"
 #include "AddonHostBuffer.h"
 #include "AddonValues.h"
@@ -133,15 +136,18 @@ ForwardRequest parseForwardInput(const Napi::Value& value) {
   return request;
 }
 
+// Runs Stage::forward (one request) or Stage::forwardBatch (batch) on a libuv worker thread;
+// resolves to the one output, or to an array of outputs in request order.
 class ForwardWorker final : public Napi::AsyncWorker {
  public:
-  ForwardWorker(Napi::Env env, const Napi::External<StageBox>& handle, ForwardRequest request)
-      : Napi::AsyncWorker(env, "paraserve.forward"),
+  ForwardWorker(Napi::Env env, const Napi::External<StageBox>& handle, std::vector<ForwardRequest> requests, bool batch)
+      : Napi::AsyncWorker(env, batch ? "paraserve.forwardBatch" : "paraserve.forward"),
         deferred_(Napi::Promise::Deferred::New(env)),
         pin_(Napi::Persistent(handle)),
         box_(handle.Data()),
         stage_(box_->stage),
-        request_(std::move(request)) {
+        requests_(std::move(requests)),
+        batch_(batch) {
     ++box_->forwardsInFlight;
   }
 
@@ -150,7 +156,11 @@ class ForwardWorker final : public Napi::AsyncWorker {
  protected:
   void Execute() override {
     try {
-      output_ = stage_->forward(request_);
+      if (batch_) {
+        outputs_ = stage_->forwardBatch(requests_);
+      } else {
+        outputs_.push_back(stage_->forward(requests_.front()));
+      }
     } catch (...) {
       const CaughtError caught = describeCurrentException();
       errorName_ = caught.name;
@@ -161,8 +171,17 @@ class ForwardWorker final : public Napi::AsyncWorker {
   void OnOK() override {
     --box_->forwardsInFlight;
     try {
-      auto result = Napi::Float32Array::New(Env(), output_.size());
-      std::copy(output_.begin(), output_.end(), result.Data());
+      const auto toArray = [this](const std::vector<float>& output) {
+        auto array = Napi::Float32Array::New(Env(), output.size());
+        std::copy(output.begin(), output.end(), array.Data());
+        return array;
+      };
+      if (!batch_) {
+        deferred_.Resolve(toArray(outputs_.front()));
+        return;
+      }
+      Napi::Array result = Napi::Array::New(Env(), outputs_.size());
+      for (size_t i = 0; i < outputs_.size(); ++i) result.Set(static_cast<uint32_t>(i), toArray(outputs_[i]));
       deferred_.Resolve(result);
     } catch (const Napi::Error& error) {
       deferred_.Reject(error.Value());
@@ -179,57 +198,11 @@ class ForwardWorker final : public Napi::AsyncWorker {
   Napi::Reference<Napi::External<StageBox>> pin_;  // keeps the handle alive until settled
   StageBox* box_;
   std::shared_ptr<Stage> stage_;
-  ForwardRequest request_;
-  std::vector<float> output_;
+  std::vector<ForwardRequest> requests_;
+  bool batch_;
+  std::vector<std::vector<float>> outputs_;
   const char* errorName_ = "NativeError";
 };
-
-// Runs Backend::prepareDevice on a libuv worker thread.
-class PrepareDeviceWorker final : public Napi::AsyncWorker {
- public:
-  PrepareDeviceWorker(Napi::Env env, Backend* backend, int64_t device)
-      : Napi::AsyncWorker(env, "paraserve.prepareDevice"),
-        deferred_(Napi::Promise::Deferred::New(env)),
-        backend_(backend),
-        device_(device) {}
-
-  Napi::Promise promise() const { return deferred_.Promise(); }
-
- protected:
-  void Execute() override {
-    try {
-      backend_->prepareDevice(device_);
-    } catch (...) {
-      const CaughtError caught = describeCurrentException();
-      errorName_ = caught.name;
-      SetError(caught.message);
-    }
-  }
-  void OnOK() override { deferred_.Resolve(Env().Undefined()); }
-  void OnError(const Napi::Error& error) override {
-    deferred_.Reject(namedError(Env(), errorName_, error.Message()).Value());
-  }
-
- private:
-  Napi::Promise::Deferred deferred_;
-  Backend* backend_;
-  int64_t device_;
-  const char* errorName_ = "NativeError";
-};
-
-// Rejects the promise of a function that never throws with the current exception.
-Napi::Promise rejectedPromise(Napi::Env env) {
-  auto deferred = Napi::Promise::Deferred::New(env);
-  try {
-    throw;
-  } catch (const Napi::Error& error) {
-    deferred.Reject(error.Value());
-  } catch (...) {
-    const CaughtError caught = describeCurrentException();
-    deferred.Reject(namedError(env, caught.name, caught.message).Value());
-  }
-  return deferred.Promise();
-}
 
 // Never throws: every failure rejects the returned promise.
 Napi::Value PrepareDevice(const Napi::CallbackInfo& info) {
@@ -241,10 +214,13 @@ Napi::Value PrepareDevice(const Napi::CallbackInfo& info) {
       throw NotImplementedError(std::string("the cuda backend is not compiled into this binary: ") +
                                 cudaSkippedReason());
     }
-    auto* worker = new PrepareDeviceWorker(info.Env(), backend, device);
-    const Napi::Promise promise = worker->promise();
-    worker->Queue();
-    return promise;
+    return runAsync<bool>(
+        info.Env(), "paraserve.prepareDevice",
+        [backend, device] {
+          backend->prepareDevice(device);
+          return true;
+        },
+        [](Napi::Env env, bool&) { return env.Undefined(); });
   } catch (...) {
     return rejectedPromise(info.Env());
   }
@@ -284,19 +260,55 @@ Napi::Value MissingTensors(const Napi::CallbackInfo& info) {
   return out;
 }
 
+ForwardRequest checkedForwardInput(const StageBox& box, const Napi::Value& value) {
+  ForwardRequest request = parseForwardInput(value);
+  checkForwardRequest(box.spec, request);
+  return request;
+}
+
+Napi::Promise queueForward(const Napi::CallbackInfo& info, std::vector<ForwardRequest> requests, bool batch) {
+  auto* worker = new ForwardWorker(info.Env(), info[0].As<Napi::External<StageBox>>(), std::move(requests), batch);
+  const Napi::Promise promise = worker->promise();
+  worker->Queue();
+  return promise;
+}
+
 // Never throws: every failure, argument checks included, rejects the returned promise.
 Napi::Value Forward(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
   try {
-    StageBox& box = liveStage(info[0]);
-    ForwardRequest request = parseForwardInput(info[1]);
-    checkForwardRequest(box.spec, request);
-    auto* worker = new ForwardWorker(env, info[0].As<Napi::External<StageBox>>(), std::move(request));
-    const Napi::Promise promise = worker->promise();
-    worker->Queue();
-    return promise;
+    const StageBox& box = liveStage(info[0]);
+    std::vector<ForwardRequest> requests;
+    requests.push_back(checkedForwardInput(box, info[1]));
+    return queueForward(info, std::move(requests), false);
   } catch (...) {
-    return rejectedPromise(env);
+    return rejectedPromise(info.Env());
+  }
+}
+
+// Never throws, like Forward. Rejects an empty batch and a sequence named twice.
+Napi::Value ForwardBatch(const Napi::CallbackInfo& info) {
+  try {
+    const StageBox& box = liveStage(info[0]);
+    if (!info[1].IsArray()) throw InvalidArgumentError("inputs must be an array of ForwardInput");
+    const auto inputs = info[1].As<Napi::Array>();
+    if (inputs.Length() == 0) throw InvalidArgumentError("inputs is empty");
+    std::vector<ForwardRequest> requests;
+    std::unordered_set<int64_t> sequences;
+    for (uint32_t i = 0; i < inputs.Length(); ++i) {
+      const std::string what = "inputs[" + std::to_string(i) + "]: ";
+      try {
+        requests.push_back(checkedForwardInput(box, inputs.Get(i)));
+      } catch (const InvalidArgumentError& error) {
+        throw InvalidArgumentError(what + error.what());
+      }
+      if (!sequences.insert(requests.back().sequence).second) {
+        throw InvalidArgumentError(what + "sequence " + std::to_string(requests.back().sequence) +
+                                   " appears more than once in one batch");
+      }
+    }
+    return queueForward(info, std::move(requests), true);
+  } catch (...) {
+    return rejectedPromise(info.Env());
   }
 }
 
@@ -308,6 +320,22 @@ Napi::Value ReleaseSequence(const Napi::CallbackInfo& info) {
 
 Napi::Value StageDeviceBytes(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), static_cast<double>(liveStage(info[0]).stage->deviceBytes()));
+}
+
+// Never throws: resolves once every queued weight copy of the stage has landed.
+Napi::Value AwaitStageCopies(const Napi::CallbackInfo& info) {
+  try {
+    std::shared_ptr<Stage> stage = liveStage(info[0]).stage;
+    return runAsync<bool>(
+        info.Env(), "paraserve.awaitStageCopies",
+        [stage] {
+          stage->waitForCopies();
+          return true;
+        },
+        [](Napi::Env env, bool&) { return env.Undefined(); }, info[0]);
+  } catch (...) {
+    return rejectedPromise(info.Env());
+  }
 }
 
 // Idempotent: disposing twice is not an error, using a disposed stage is (DisposedError).
@@ -324,8 +352,10 @@ void registerStageExports(Napi::Env env, Napi::Object exports) {
   exportFunction<BindTensor>(env, exports, "bindTensor");
   exportFunction<MissingTensors>(env, exports, "missingTensors");
   exportFunction<Forward>(env, exports, "forward");
+  exportFunction<ForwardBatch>(env, exports, "forwardBatch");
   exportFunction<ReleaseSequence>(env, exports, "releaseSequence");
   exportFunction<StageDeviceBytes>(env, exports, "stageDeviceBytes");
+  exportFunction<AwaitStageCopies>(env, exports, "awaitStageCopies");
   exportFunction<DisposeStage>(env, exports, "disposeStage");
 }
 

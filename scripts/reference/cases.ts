@@ -19,3 +19,14 @@ export const REFERENCE_CASES: readonly ReferenceCase[] = [
   { name: 'tiny-mistral-f32', preset: 'tiny-mistral', dtype: 'f32' },
   { name: 'tiny-qwen2-bf16', preset: 'tiny-qwen2', dtype: 'bf16' },
 ];
+
+/**
+ * Checkpoints the GPU test compares the CUDA backend on against transformers run live on
+ * the GPU machine (scripts/reference/hf_gpu_reference.py): every architecture in both
+ * half-precision types, and a ~1B shape.
+ */
+export const GPU_REFERENCE_CASES: readonly ReferenceCase[] = [
+  ...['tiny-llama2', 'tiny-llama3', 'tiny-mistral', 'tiny-qwen2', 'llama-1b'].flatMap((preset) =>
+    (['bf16', 'f16'] as const).map((dtype) => ({ name: `${preset}-${dtype}`, preset, dtype })),
+  ),
+];

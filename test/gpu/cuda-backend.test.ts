@@ -1,11 +1,10 @@
-// GPU checks of the CUDA backend as far as this issue builds it: compiled in where CUDA,
-// cuBLAS and NCCL are found, it lists the GPUs with their memory, pins host memory, refuses
-// stage execution with a named error (issue 3 brings it), and 'auto' keeps workers on the
-// CPU meanwhile. Without a CUDA build these tests skip and say why; `npm run test:gpu` runs
+// GPU checks of the CUDA backend's plumbing: compiled in where CUDA, cuBLAS and NCCL are
+// found, it lists the GPUs with their memory, pins host memory, turns bad stages into named
+// errors, and 'auto' picks it. Model outputs are checked in cuda-correctness.test.ts. Without a CUDA build these tests skip and say why; `npm run test:gpu` runs
 // them on the GPU machine.
 import t from 'tap';
 import { chooseBackend, loadNativeAddon } from '../../worker/native/addon.js';
-import { NotImplementedError } from '../../worker/native/errors.js';
+import { InvalidArgumentError, OutOfMemoryError } from '../../worker/native/errors.js';
 
 const addon = loadNativeAddon();
 const info = addon.buildInfo();
@@ -28,16 +27,29 @@ t.test('host buffers are pinned and writable', { skip }, async (t) => {
   t.throws(() => addon.writeHostBuffer(buffer, 64 << 20, Uint8Array.of(1)), 'a write past the end is refused');
 });
 
-t.test('stages on CUDA are refused with a named error, and auto stays on the CPU', { skip }, async (t) => {
-  t.throws(
-    () =>
-      addon.createStage({
-        backend: 'cuda', device: 0, vocabSize: 16, hiddenSize: 8, intermediateSize: 16, numAttentionHeads: 2, numKeyValueHeads: 2, headDim: 4,
-        numLayers: 1, layerStart: 0, layerEnd: 1, hasEmbeddings: true, hasHead: true, tieWordEmbeddings: true, attentionBias: false,
-        rmsNormEps: 1e-5, ropeTheta: 10000, rope: { kind: 'none' }, maxContext: 8, computeDType: 'f16',
-      }),
-    NotImplementedError,
-  );
+t.test('CUDA stages fail with named errors, and auto picks the GPU', { skip }, async (t) => {
+  const spec = {
+    backend: 'cuda' as const, device: 0, vocabSize: 16, hiddenSize: 8, intermediateSize: 16, numAttentionHeads: 2, numKeyValueHeads: 2, headDim: 4,
+    numLayers: 1, layerStart: 0, layerEnd: 1, hasEmbeddings: true, hasHead: true, tieWordEmbeddings: true, attentionBias: false,
+    rmsNormEps: 1e-5, ropeTheta: 10000, rope: { kind: 'none' as const }, maxContext: 8, computeDType: 'f16' as const,
+  };
+  t.throws(() => addon.createStage({ ...spec, device: 99 }), InvalidArgumentError, 'a device that does not exist');
+  t.throws(() => addon.createStage({ ...spec, vocabSize: 2 ** 28, hiddenSize: 2 ** 12 }), OutOfMemoryError, 'a stage larger than the GPU');
+  const stage = addon.createStage(spec);
+  t.teardown(() => addon.disposeStage(stage));
+  await t.rejects(addon.forward(stage, { sequence: 1, position: 0, tokens: Int32Array.of(1), hidden: null }), InvalidArgumentError, 'forward before every tensor is bound');
+  await t.resolves(addon.prepareDevice('cuda', 0));
+  await t.rejects(addon.prepareDevice('cuda', 99), InvalidArgumentError);
   const choice = chooseBackend('auto');
-  t.equal(choice.backend, info.stageBackends.includes('cuda') ? 'cuda' : 'cpu', choice.reason);
+  t.equal(choice.backend, 'cuda', choice.reason);
+});
+
+t.test('copy baselines measure the PCIe link and device memory', { skip }, async (t) => {
+  const bytes = 1 << 30;
+  const buffer = addon.allocHostBuffer(bytes, true);
+  t.teardown(() => addon.freeHostBuffer(buffer));
+  const hostToDevice = bytes / (await addon.measureHostToDevice('cuda', buffer, 0)) / 1e9;
+  const memory = (2 * bytes) / (await addon.measureDeviceMemory('cuda', 0, bytes)) / 1e9;
+  t.ok(hostToDevice > 5, `pinned host to device: ${hostToDevice.toFixed(1)} GB/s`);
+  t.ok(memory > hostToDevice, `device memory: ${memory.toFixed(0)} GB/s`);
 });

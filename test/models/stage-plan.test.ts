@@ -51,6 +51,7 @@ t.test('expected tensors and shapes', async (t) => {
   t.equal(params(configOf('llama-13b')), 13_015_864_320);
   t.equal(params(configOf('llama-1b')), 1_235_814_400);
   t.equal(params(configOf('llama-3b')), 3_212_749_824);
+  t.equal(params(configOf('llama-8b')), 8_030_261_248);
 });
 
 t.test('whole model plan in layer order', async (t) => {

@@ -10,18 +10,14 @@
 // there since the continuations legitimately diverge.
 import { createHash } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
+import { fileURLToPath } from 'node:url';
 import t from 'tap';
 import { REFERENCE_CASES, REFERENCE_SEED } from '../../scripts/reference/cases.js';
 import { loadNativeAddon } from '../../worker/native/addon.js';
-import type { NativeAddon, StageHandle } from '../../worker/native/addon-types.js';
-import { parseModelConfig } from '../../worker/models/config.js';
-import { readCheckpointTensors } from '../../worker/models/safetensors.js';
-import { openModelSource } from '../../worker/models/source.js';
-import { planStageTensors, stageSpecFor, wholeModelRange } from '../../worker/models/stage-plan.js';
+import { argmax, loadWholeModel } from '../fixtures/whole-model.js';
 import { writeSyntheticModel } from '../../worker/models/synthetic.js';
 import { ModelTokenizer } from '../../worker/models/tokenizer.js';
 
@@ -37,40 +33,10 @@ interface Fixture {
   tokenizer: { text: string; ids: number[] };
 }
 
-/** Loads a whole model from a directory into one CPU stage. */
-async function loadWholeModel(addon: NativeAddon, dir: string): Promise<{ stage: StageHandle; free: () => void }> {
-  const source = openModelSource(pathToFileURL(dir).href);
-  const config = parseModelConfig(JSON.parse(await readFile(path.join(dir, 'config.json'), 'utf8')));
-  const range = wholeModelRange(config);
-  const plan = planStageTensors(await readCheckpointTensors(source), config, range);
-  const total = plan.reduce((sum, tensor) => sum + (tensor.end - tensor.begin), 0);
-  const buffer = addon.allocHostBuffer(total, false);
-  const stage = addon.createStage(stageSpecFor(config, range, 'cpu', 0, 256));
-  let offset = 0;
-  for (const tensor of plan) {
-    addon.writeHostBuffer(buffer, offset, await source.readRange(tensor.file, tensor.begin, tensor.end));
-    addon.bindTensor(stage, { name: tensor.name, dtype: tensor.dtype, shape: tensor.shape, buffer, offset });
-    offset += tensor.end - tensor.begin;
-  }
-  return {
-    stage,
-    free: () => {
-      addon.disposeStage(stage);
-      addon.freeHostBuffer(buffer);
-    },
-  };
-}
-
 function maxAbsDiff(actual: Float32Array, expected: number[]): number {
   let worst = 0;
   for (let i = 0; i < expected.length; i++) worst = Math.max(worst, Math.abs(actual[i]! - expected[i]!));
   return actual.length === expected.length ? worst : Infinity;
-}
-
-function argmax(values: Float32Array): number {
-  let best = 0;
-  for (let i = 1; i < values.length; i++) if (values[i]! > values[best]!) best = i;
-  return best;
 }
 
 const addon = loadNativeAddon();
@@ -90,7 +56,7 @@ for (const c of REFERENCE_CASES) {
       t.equal(actual, sha256, `${file} has the bytes transformers saw`);
     }
 
-    const model = await loadWholeModel(addon, dir);
+    const model = await loadWholeModel(addon, dir, 'cpu', 256);
     t.teardown(model.free);
 
     // One token at a time through the KV cache: logits at every position.

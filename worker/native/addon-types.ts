@@ -149,11 +149,31 @@ export interface NativeAddon {
    * (vocabSize floats) on a stage with the head, else to the hidden states of all tokens.
    */
   forward(stage: StageHandle, input: ForwardInput): Promise<Float32Array>;
+  /**
+   * Runs several distinct sequences in one pass (continuous batching): each input as in
+   * forward, and the outputs (logits or hidden states) in input order. Each input's output is
+   * what forward would give for it alone (bit-identical on the CPU backend). Rejects with
+   * InvalidArgumentError, before anything runs, for an empty list, an input forward would
+   * refuse (the message names inputs[i]), or a sequence named twice. A batch that fails
+   * while running may have advanced some of its sequences; rerunning an input at its own
+   * position is always safe (cached tokens at and after it are discarded).
+   */
+  forwardBatch(stage: StageHandle, inputs: readonly ForwardInput[]): Promise<Float32Array[]>;
   /** Frees a sequence's KV cache; unknown sequences are ignored. */
   releaseSequence(stage: StageHandle, sequence: number): void;
   /** Bytes the stage holds on its device (weights plus allocated KV cache). */
   stageDeviceBytes(stage: StageHandle): number;
+  /** Resolves once every weight copy queued by bindTensor has landed on the device. */
+  awaitStageCopies(stage: StageHandle): Promise<void>;
   disposeStage(stage: StageHandle): void;
+
+  /**
+   * Benchmark baselines, in seconds: one plain copy of the whole buffer to the device (on
+   * CUDA one cudaMemcpyAsync after a warm-up), and one device-to-device copy of bytes
+   * (device memory bandwidth = 2 × bytes ÷ seconds).
+   */
+  measureHostToDevice(backend: BackendName, buffer: HostBufferHandle, device: number): Promise<number>;
+  measureDeviceMemory(backend: BackendName, device: number, bytes: number): Promise<number>;
 
   /** sd_notify(3): sends state (e.g. "READY=1") to $NOTIFY_SOCKET; false when unset. */
   notifySystemd(state: string): boolean;

@@ -29,9 +29,13 @@ const EXPORTS: Record<keyof NativeAddon, true> = {
   bindTensor: true,
   missingTensors: true,
   forward: true,
+  forwardBatch: true,
   releaseSequence: true,
   stageDeviceBytes: true,
+  awaitStageCopies: true,
   disposeStage: true,
+  measureHostToDevice: true,
+  measureDeviceMemory: true,
   notifySystemd: true,
 };
 
@@ -154,9 +158,13 @@ function wrapAddon(raw: unknown, file: string): NativeAddon {
     bindTensor: guard(addon.bindTensor),
     missingTensors: guard(addon.missingTensors),
     forward: guard(addon.forward),
+    forwardBatch: guard(addon.forwardBatch),
     releaseSequence: guard(addon.releaseSequence),
     stageDeviceBytes: guard(addon.stageDeviceBytes),
+    awaitStageCopies: guard(addon.awaitStageCopies),
     disposeStage: guard(addon.disposeStage),
+    measureHostToDevice: guard(addon.measureHostToDevice),
+    measureDeviceMemory: guard(addon.measureDeviceMemory),
     notifySystemd: guard(addon.notifySystemd),
   };
 }

@@ -104,6 +104,9 @@ class Stage {
   }
   // Frees a sequence's KV cache; unknown sequences are ignored.
   virtual void releaseSequence(int64_t sequence) = 0;
+  // Blocks until every queued weight copy has landed (bindTensor may return before, on
+  // backends that copy asynchronously). Called on a worker thread.
+  virtual void waitForCopies() {}
   // Weights plus KV cache currently allocated, in bytes.
   virtual uint64_t deviceBytes() const = 0;
 };
@@ -120,6 +123,10 @@ class Backend {
   // Creates the device context and library handles of a device ahead of the first stage, so
   // runtime init overlaps fetching; runs on a worker thread. No-op where there is none.
   virtual void prepareDevice(int64_t device) { (void)device; }
+  // Baselines for benchmarks, in seconds: one plain copy of the whole buffer to the device,
+  // and one device-to-device copy of bytes (device memory bandwidth = 2 * bytes / time).
+  virtual double measureHostToDevice(const HostBuffer& buffer, int64_t device) = 0;
+  virtual double measureDeviceMemory(int64_t device, uint64_t bytes) = 0;
   // spec has passed validateStageSpec; the backend checks what is specific to it.
   virtual std::unique_ptr<Stage> createStage(const StageSpec& spec) = 0;
 };

@@ -32,6 +32,49 @@ std::string layerName(int64_t layer, const char* suffix) {
 
 }  // namespace
 
+TensorRole tensorRole(const StageSpec& spec, const std::string& name) {
+  struct LayerPart {
+    const char* suffix;
+    TensorPart part;
+  };
+  static const LayerPart kLayerParts[] = {
+      {"input_layernorm.weight", TensorPart::InputNorm},
+      {"self_attn.q_proj.weight", TensorPart::Wq},
+      {"self_attn.k_proj.weight", TensorPart::Wk},
+      {"self_attn.v_proj.weight", TensorPart::Wv},
+      {"self_attn.q_proj.bias", TensorPart::Bq},
+      {"self_attn.k_proj.bias", TensorPart::Bk},
+      {"self_attn.v_proj.bias", TensorPart::Bv},
+      {"self_attn.o_proj.weight", TensorPart::Wo},
+      {"post_attention_layernorm.weight", TensorPart::PostNorm},
+      {"mlp.gate_proj.weight", TensorPart::WGate},
+      {"mlp.up_proj.weight", TensorPart::WUp},
+      {"mlp.down_proj.weight", TensorPart::WDown},
+  };
+  if (name == "model.embed_tokens.weight") return {TensorPart::Embeddings, -1};
+  if (name == "model.norm.weight") return {TensorPart::FinalNorm, -1};
+  if (name == "lm_head.weight") return {TensorPart::LmHead, -1};
+  const std::string prefix = "model.layers.";
+  const size_t numberEnd = name.find('.', prefix.size());
+  if (name.compare(0, prefix.size(), prefix) == 0 && numberEnd != std::string::npos) {
+    const int64_t layer = std::stoll(name.substr(prefix.size(), numberEnd - prefix.size()));
+    const std::string suffix = name.substr(numberEnd + 1);
+    for (const LayerPart& entry : kLayerParts) {
+      if (suffix == entry.suffix) return {entry.part, layer - spec.layerStart};
+    }
+  }
+  throw NativeError("NativeError", "no stage storage for tensor " + name);
+}
+
+void throwUnknownTensor(const StageSpec& spec, const std::string& name) {
+  std::string holds = "layers [" + std::to_string(spec.layerStart) + ", " + std::to_string(spec.layerEnd) + ")";
+  if (spec.hasEmbeddings) holds += ", embeddings";
+  if (spec.hasHead) {
+    holds += spec.tieWordEmbeddings ? ", norm and head (tied to model.embed_tokens.weight)" : ", norm and head";
+  }
+  throw InvalidArgumentError("the stage has no tensor named '" + name + "' (it holds " + holds + ")");
+}
+
 std::string shapeString(const std::vector<int64_t>& shape) {
   std::string out = "[";
   for (size_t i = 0; i < shape.size(); ++i) {

@@ -24,6 +24,21 @@ void validateStageSpec(const StageSpec& spec);
 // for lm_head.weight when tieWordEmbeddings).
 std::vector<TensorSlot> stageTensors(const StageSpec& spec);
 
+// Which part of a stage a tensor of stageTensors(spec) is: a layer weight (with the layer's
+// index within the stage) or one of the embedding, final norm and head tensors.
+enum class TensorPart {
+  Embeddings, FinalNorm, LmHead,
+  InputNorm, Wq, Wk, Wv, Bq, Bk, Bv, Wo, PostNorm, WGate, WUp, WDown,
+};
+struct TensorRole {
+  TensorPart part = TensorPart::Embeddings;
+  int64_t layer = -1;  // index within the stage for layer parts, else -1
+};
+// name must be one of stageTensors(spec); anything else is a NativeError (a backend bug).
+TensorRole tensorRole(const StageSpec& spec, const std::string& name);
+// The InvalidArgumentError for a binding whose name the stage does not hold, saying what it holds.
+[[noreturn]] void throwUnknownTensor(const StageSpec& spec, const std::string& name);
+
 // Checks shape against the slot and the byte range against the buffer.
 void checkBinding(const TensorSlot& slot, const TensorBinding& binding);
 

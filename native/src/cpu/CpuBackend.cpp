@@ -3,6 +3,8 @@
 
 #include <unistd.h>
 
+#include <chrono>
+#include <cstring>
 #include <fstream>
 #include <string>
 #include <thread>
@@ -57,6 +59,36 @@ std::vector<DeviceInfo> CpuBackend::listDevices() {
 }
 
 std::unique_ptr<HostBuffer> CpuBackend::allocHost(uint64_t bytes, bool) { return HostBuffer::allocatePageable(bytes); }
+
+namespace {
+
+double timedCopy(uint8_t* to, const uint8_t* from, uint64_t bytes) {
+  const auto start = std::chrono::steady_clock::now();
+  std::memcpy(to, from, static_cast<size_t>(bytes));
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+void requireDeviceZero(int64_t device) {
+  if (device != 0) throw InvalidArgumentError("the cpu backend has one device, 0; got " + std::to_string(device));
+}
+
+}  // namespace
+
+double CpuBackend::measureHostToDevice(const HostBuffer& buffer, int64_t device) {
+  requireDeviceZero(device);
+  const auto target = HostBuffer::allocatePageable(buffer.bytes());
+  std::memset(target->data(), 0, static_cast<size_t>(buffer.bytes()));  // fault the pages in first
+  return timedCopy(target->data(), buffer.data(), buffer.bytes());
+}
+
+double CpuBackend::measureDeviceMemory(int64_t device, uint64_t bytes) {
+  requireDeviceZero(device);
+  const auto from = HostBuffer::allocatePageable(bytes);
+  const auto to = HostBuffer::allocatePageable(bytes);
+  std::memset(from->data(), 1, static_cast<size_t>(bytes));
+  std::memset(to->data(), 0, static_cast<size_t>(bytes));
+  return timedCopy(to->data(), from->data(), bytes);
+}
 
 std::unique_ptr<Stage> CpuBackend::createStage(const StageSpec& spec) {
   if (spec.device != 0) {

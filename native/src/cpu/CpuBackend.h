@@ -13,6 +13,9 @@ class CpuBackend final : public Backend {
   std::vector<DeviceInfo> listDevices() override;
   // Always pageable: there is no device to pin for.
   std::unique_ptr<HostBuffer> allocHost(uint64_t bytes, bool pinned) override;
+  // memcpy into (or within) host memory: the CPU's "device" is host memory.
+  double measureHostToDevice(const HostBuffer& buffer, int64_t device) override;
+  double measureDeviceMemory(int64_t device, uint64_t bytes) override;
   std::unique_ptr<Stage> createStage(const StageSpec& spec) override;
 };
 

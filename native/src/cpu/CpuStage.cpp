@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <numeric>
 
 #include "core/Errors.h"
 #include "core/Rope.h"
@@ -161,45 +162,97 @@ void CpuStage::reserve(Sequence& sequence, int64_t positions) const {
   sequence.capacity = target;
 }
 
-std::vector<float> CpuStage::forward(const ForwardRequest& request) {
-  checkForwardRequest(spec_, request);
+std::vector<float> CpuStage::forward(const ForwardRequest& request) { return std::move(run({&request}).front()); }
+
+std::vector<std::vector<float>> CpuStage::forwardBatch(const std::vector<ForwardRequest>& requests) {
+  std::vector<const ForwardRequest*> pointers;
+  pointers.reserve(requests.size());
+  for (const ForwardRequest& request : requests) pointers.push_back(&request);
+  return run(pointers);
+}
+
+std::vector<std::vector<float>> CpuStage::run(const std::vector<const ForwardRequest*>& requests) {
+  if (requests.empty()) return {};
+  for (const ForwardRequest* request : requests) checkForwardRequest(spec_, *request);
   const std::vector<std::string> missing = missingTensors();
   if (!missing.empty()) {
     throw InvalidArgumentError("the stage still lacks " + std::to_string(missing.size()) + " tensor(s), first " +
                                missing.front() + "; bind them before forward");
   }
-  const int64_t count = requestTokenCount(spec_, request);
-  const int64_t hidden = spec_.hiddenSize;
-  const std::shared_ptr<Sequence> sequence = sequenceFor(request.sequence, request.position);
-  std::lock_guard<std::mutex> lock(sequence->mutex);
-  if (request.position > sequence->length) {
-    throw InvalidArgumentError("input.position " + std::to_string(request.position) + " leaves a gap: sequence " +
-                               std::to_string(request.sequence) + " holds " + std::to_string(sequence->length) +
-                               " cached tokens");
-  }
-  try {
-    reserve(*sequence, request.position + count);
-    Activations act(spec_, count);
-    if (spec_.hasEmbeddings) {
-      for (int64_t t = 0; t < count; ++t) {
-        const float* row = embed_.data() + static_cast<int64_t>(request.tokens[t]) * hidden;
-        std::copy(row, row + hidden, act.x.begin() + t * hidden);
-      }
-    } else {
-      act.x = request.hidden;
+  std::vector<size_t> order(requests.size());
+  std::iota(order.begin(), order.end(), size_t{0});
+  std::sort(order.begin(), order.end(),
+            [&requests](size_t a, size_t b) { return requests[a]->sequence < requests[b]->sequence; });
+  for (size_t i = 1; i < order.size(); ++i) {
+    if (requests[order[i]]->sequence == requests[order[i - 1]]->sequence) {
+      throw InvalidArgumentError("sequence " + std::to_string(requests[order[i]]->sequence) +
+                                 " appears more than once in one batch");
     }
-    ropeTables(invFreq_, request.position, count, act.cosT.data(), act.sinT.data());
-    for (size_t layer = 0; layer < layers_.size(); ++layer) runLayer(layer, *sequence, request.position, act);
-    sequence->length = request.position + count;
-    return spec_.hasHead ? head(act.x, count) : std::move(act.x);
+  }
+
+  std::vector<std::shared_ptr<Sequence>> sequences(requests.size());
+  std::vector<std::unique_lock<std::mutex>> locks;
+  locks.reserve(requests.size());
+  for (const size_t i : order) {
+    sequences[i] = sequenceFor(requests[i]->sequence, requests[i]->position);
+    locks.emplace_back(sequences[i]->mutex);
+  }
+  for (size_t i = 0; i < requests.size(); ++i) {
+    if (requests[i]->position > sequences[i]->length) {
+      throw InvalidArgumentError("input.position " + std::to_string(requests[i]->position) +
+                                 " leaves a gap: sequence " + std::to_string(requests[i]->sequence) + " holds " +
+                                 std::to_string(sequences[i]->length) + " cached tokens");
+    }
+  }
+
+  const int64_t hidden = spec_.hiddenSize;
+  const int64_t halfDim = spec_.headDim / 2;
+  try {
+    std::vector<Segment> segments;
+    segments.reserve(requests.size());
+    int64_t rows = 0;
+    for (size_t i = 0; i < requests.size(); ++i) {
+      const int64_t count = requestTokenCount(spec_, *requests[i]);
+      reserve(*sequences[i], requests[i]->position + count);
+      segments.push_back({sequences[i].get(), requests[i]->position, rows, count});
+      rows += count;
+    }
+    Activations act(spec_, rows);
+    for (size_t i = 0; i < requests.size(); ++i) {
+      const Segment& segment = segments[i];
+      float* x = act.x.data() + segment.row * hidden;
+      if (spec_.hasEmbeddings) {
+        for (int64_t t = 0; t < segment.count; ++t) {
+          const float* row = embed_.data() + static_cast<int64_t>(requests[i]->tokens[t]) * hidden;
+          std::copy(row, row + hidden, x + t * hidden);
+        }
+      } else {
+        std::copy(requests[i]->hidden.begin(), requests[i]->hidden.end(), x);
+      }
+      ropeTables(invFreq_, segment.position, segment.count, act.cosT.data() + segment.row * halfDim,
+                 act.sinT.data() + segment.row * halfDim);
+    }
+    for (size_t layer = 0; layer < layers_.size(); ++layer) runLayer(layer, segments, act);
+    for (const Segment& segment : segments) segment.sequence->length = segment.position + segment.count;
+    if (spec_.hasHead) return head(act.x, segments);
+    if (segments.size() == 1) return {std::move(act.x)};
+    std::vector<std::vector<float>> outputs;
+    outputs.reserve(segments.size());
+    for (const Segment& segment : segments) {
+      const auto first = act.x.begin() + segment.row * hidden;
+      outputs.emplace_back(first, first + segment.count * hidden);
+    }
+    return outputs;
   } catch (...) {
-    // Positions from request.position on may hold this call's partial keys/values.
-    sequence->length = std::min(sequence->length, request.position);
+    // Positions from each request's position on may hold this call's partial keys/values.
+    for (size_t i = 0; i < requests.size(); ++i) {
+      sequences[i]->length = std::min(sequences[i]->length, requests[i]->position);
+    }
     throw;
   }
 }
 
-void CpuStage::runLayer(size_t layerIndex, Sequence& sequence, int64_t position, Activations& act) const {
+void CpuStage::runLayer(size_t layerIndex, const std::vector<Segment>& segments, Activations& act) const {
   const Layer& layer = layers_[layerIndex];
   const int64_t count = act.count;
   const int64_t hidden = spec_.hiddenSize;
@@ -218,11 +271,16 @@ void CpuStage::runLayer(size_t layerIndex, Sequence& sequence, int64_t position,
   applyRope(act.q.data(), act.cosT.data(), act.sinT.data(), count, heads, headDim);
   applyRope(act.k.data(), act.cosT.data(), act.sinT.data(), count, kvHeads, headDim);
 
-  float* keys = sequence.keys[layerIndex].data();
-  float* values = sequence.values[layerIndex].data();
-  std::copy(act.k.begin(), act.k.end(), keys + position * kvDim);
-  std::copy(act.v.begin(), act.v.end(), values + position * kvDim);
-  attention(act.q.data(), keys, values, count, position, heads, kvHeads, headDim, act.attn.data());
+  for (const Segment& segment : segments) {
+    float* keys = segment.sequence->keys[layerIndex].data();
+    float* values = segment.sequence->values[layerIndex].data();
+    const int64_t first = segment.row * kvDim;
+    const int64_t last = (segment.row + segment.count) * kvDim;
+    std::copy(act.k.begin() + first, act.k.begin() + last, keys + segment.position * kvDim);
+    std::copy(act.v.begin() + first, act.v.begin() + last, values + segment.position * kvDim);
+    attention(act.q.data() + segment.row * qDim, keys, values, segment.count, segment.position, heads, kvHeads,
+              headDim, act.attn.data() + segment.row * qDim);
+  }
   linear(act.attn.data(), layer.wo.data(), nullptr, count, qDim, hidden, act.projected.data());
   addInPlace(act.x.data(), act.projected.data(), count * hidden);
 
@@ -234,14 +292,23 @@ void CpuStage::runLayer(size_t layerIndex, Sequence& sequence, int64_t position,
   addInPlace(act.x.data(), act.projected.data(), count * hidden);
 }
 
-std::vector<float> CpuStage::head(const std::vector<float>& x, int64_t count) const {
+std::vector<std::vector<float>> CpuStage::head(const std::vector<float>& x, const std::vector<Segment>& segments) const {
   const int64_t hidden = spec_.hiddenSize;
-  std::vector<float> normed(static_cast<size_t>(hidden));
-  rmsNorm(x.data() + (count - 1) * hidden, norm_.data(), 1, hidden, spec_.rmsNormEps, normed.data());
+  const int64_t vocab = spec_.vocabSize;
+  const auto rows = static_cast<int64_t>(segments.size());
+  std::vector<float> normed(static_cast<size_t>(rows * hidden));
+  for (int64_t i = 0; i < rows; ++i) {
+    const Segment& segment = segments[static_cast<size_t>(i)];
+    rmsNorm(x.data() + (segment.row + segment.count - 1) * hidden, norm_.data(), 1, hidden, spec_.rmsNormEps,
+            normed.data() + i * hidden);
+  }
   const std::vector<float>& weights = spec_.tieWordEmbeddings ? embed_ : lmHead_;
-  std::vector<float> logits(static_cast<size_t>(spec_.vocabSize));
-  linear(normed.data(), weights.data(), nullptr, 1, hidden, spec_.vocabSize, logits.data());
-  return logits;
+  std::vector<float> logits(static_cast<size_t>(rows * vocab));
+  linear(normed.data(), weights.data(), nullptr, rows, hidden, vocab, logits.data());
+  std::vector<std::vector<float>> outputs;
+  outputs.reserve(segments.size());
+  for (int64_t i = 0; i < rows; ++i) outputs.emplace_back(logits.begin() + i * vocab, logits.begin() + (i + 1) * vocab);
+  return outputs;
 }
 
 void CpuStage::releaseSequence(int64_t sequence) {

@@ -1,5 +1,10 @@
 // A stage on the CPU backend: fp32 weights converted at bind time, a growing KV cache per
 // sequence, and the Llama-family forward pass in transformers' semantics (CpuKernels.h).
+// forward and forwardBatch share one pass: the rows of every request in a batch are
+// concatenated, so each weight matrix is read once per step for the whole batch, while
+// attention runs per request against its own sequence's cache. The kernels compute each
+// row independently in a fixed order, so a batched request gets bit-identical outputs to
+// the same request run alone.
 #pragma once
 
 #include <atomic>
@@ -22,6 +27,9 @@ class CpuStage final : public Stage {
   void bindTensor(const TensorBinding& binding) override;
   std::vector<std::string> missingTensors() const override;
   std::vector<float> forward(const ForwardRequest& request) override;
+  // Throws InvalidArgumentError when a sequence appears twice; locks the sequences in id
+  // order, so batches sharing sequences cannot deadlock.
+  std::vector<std::vector<float>> forwardBatch(const std::vector<ForwardRequest>& requests) override;
   void releaseSequence(int64_t sequence) override;
   uint64_t deviceBytes() const override;
 
@@ -61,13 +69,24 @@ class CpuStage final : public Stage {
     std::atomic<uint64_t>& kvBytes;
   };
 
-  struct Activations;  // per-forward scratch, CpuStage.cpp
+  struct Activations;  // per-pass scratch, CpuStage.cpp
+
+  // One request's rows in a pass; its sequence is locked for the whole pass.
+  struct Segment {
+    Sequence* sequence;
+    int64_t position;  // of the request's first token
+    int64_t row;       // first row of the request in the pass's activations
+    int64_t count;     // tokens of the request
+  };
 
   std::vector<float>* storageFor(const std::string& name);
   std::shared_ptr<Sequence> sequenceFor(int64_t id, int64_t position);
   void reserve(Sequence& sequence, int64_t positions) const;
-  void runLayer(size_t layerIndex, Sequence& sequence, int64_t position, Activations& act) const;
-  std::vector<float> head(const std::vector<float>& x, int64_t count) const;
+  // The pass behind forward and forwardBatch: outputs in request order.
+  std::vector<std::vector<float>> run(const std::vector<const ForwardRequest*>& requests);
+  void runLayer(size_t layerIndex, const std::vector<Segment>& segments, Activations& act) const;
+  // Logits (vocabSize) of each segment's last row.
+  std::vector<std::vector<float>> head(const std::vector<float>& x, const std::vector<Segment>& segments) const;
 
   StageSpec spec_;
   std::vector<float> invFreq_;

@@ -7,21 +7,19 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <string>
 
 #include "core/Errors.h"
+#include "cuda/CudaCheck.h"
+#include "cuda/CudaStage.h"
 
 namespace paraserve {
 
-namespace {
+using cuda::check;
 
-void check(cudaError_t status, const char* call) {
-  if (status != cudaSuccess) {
-    throw CudaError(std::string(call) + " failed: " + cudaGetErrorName(status) + " (" + cudaGetErrorString(status) +
-                    ")");
-  }
-}
+namespace {
 
 #define PARASERVE_CUDA_CHECK(call) check((call), #call)
 
@@ -107,8 +105,76 @@ std::unique_ptr<HostBuffer> CudaBackend::allocHost(uint64_t bytes, bool pinned) 
   return HostBuffer::allocatePageable(bytes);
 }
 
-std::unique_ptr<Stage> CudaBackend::createStage(const StageSpec&) {
-  throw NotImplementedError("CUDA stage execution is not implemented yet (issue 3)");
+void CudaBackend::prepareDevice(int64_t device) {
+  requireDevice(device);
+  std::lock_guard<std::mutex> lock(preparedMutex_);
+  if (prepared_.count(device) > 0) return;
+  cuda::useDevice(static_cast<int>(device));
+  PARASERVE_CUDA_CHECK(cudaFree(nullptr));  // creates the primary context
+  cublasHandle_t handle = nullptr;
+  check(cublasCreate(&handle), "cublasCreate");  // loads cuBLAS for this device; kept warm
+  prepared_[device] = handle;
+}
+
+std::unique_ptr<Stage> CudaBackend::createStage(const StageSpec& spec) {
+  requireDevice(spec.device);
+  return std::make_unique<cuda::CudaStage>(spec);
+}
+
+namespace {
+
+// Seconds of one copy of bytes from source to target on a fresh stream, after a warm-up
+// copy of up to 64 MiB (so context and DMA setup are not timed).
+double timedCopy(void* target, const void* source, uint64_t bytes, cudaMemcpyKind kind) {
+  cudaStream_t stream = nullptr;
+  cudaEvent_t start = nullptr;
+  cudaEvent_t stop = nullptr;
+  float milliseconds = 0.0f;
+  try {
+    PARASERVE_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    PARASERVE_CUDA_CHECK(cudaEventCreate(&start));
+    PARASERVE_CUDA_CHECK(cudaEventCreate(&stop));
+    PARASERVE_CUDA_CHECK(cudaMemcpyAsync(target, source, std::min<uint64_t>(bytes, 64ull << 20), kind, stream));
+    PARASERVE_CUDA_CHECK(cudaEventRecord(start, stream));
+    PARASERVE_CUDA_CHECK(cudaMemcpyAsync(target, source, bytes, kind, stream));
+    PARASERVE_CUDA_CHECK(cudaEventRecord(stop, stream));
+    PARASERVE_CUDA_CHECK(cudaEventSynchronize(stop));
+    PARASERVE_CUDA_CHECK(cudaEventElapsedTime(&milliseconds, start, stop));
+  } catch (...) {
+    if (stop != nullptr) cudaEventDestroy(stop);
+    if (start != nullptr) cudaEventDestroy(start);
+    if (stream != nullptr) cudaStreamDestroy(stream);
+    throw;
+  }
+  cudaEventDestroy(stop);
+  cudaEventDestroy(start);
+  cudaStreamDestroy(stream);
+  return milliseconds / 1000.0;
+}
+
+}  // namespace
+
+double CudaBackend::measureHostToDevice(const HostBuffer& buffer, int64_t device) {
+  requireDevice(device);
+  cuda::useDevice(static_cast<int>(device));
+  cuda::DeviceBuffer target(buffer.bytes(), "host-to-device benchmark");
+  return timedCopy(target.data(), buffer.data(), buffer.bytes(), cudaMemcpyHostToDevice);
+}
+
+double CudaBackend::measureDeviceMemory(int64_t device, uint64_t bytes) {
+  requireDevice(device);
+  cuda::useDevice(static_cast<int>(device));
+  cuda::DeviceBuffer source(bytes, "device memory benchmark (source)");
+  cuda::DeviceBuffer target(bytes, "device memory benchmark (target)");
+  return timedCopy(target.data(), source.data(), bytes, cudaMemcpyDeviceToDevice);
+}
+
+void CudaBackend::requireDevice(int64_t device) {
+  const int count = deviceCount();
+  if (device < 0 || device >= count) {
+    throw InvalidArgumentError("CUDA device " + std::to_string(device) + " does not exist (" +
+                               std::to_string(count) + " device(s) present)");
+  }
 }
 
 }  // namespace paraserve

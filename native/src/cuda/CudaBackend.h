@@ -1,9 +1,14 @@
 // The CUDA backend, compiled only where the build found the CUDA toolkit, cuBLAS and NCCL
-// (PARASERVE_WITH_CUDA, see CMakeLists.txt). For now it lists devices and pins host
-// buffers; stage execution is issue 3, so stageBackends() does not list it yet.
+// (PARASERVE_WITH_CUDA, see CMakeLists.txt): device listing, pinned host memory, and stages
+// that run the forward pass on a GPU (cuda/CudaStage.h).
 #pragma once
 
 #ifdef PARASERVE_WITH_CUDA
+
+#include <cublas_v2.h>
+
+#include <map>
+#include <mutex>
 
 #include "core/Backend.h"
 
@@ -12,14 +17,25 @@ namespace paraserve {
 class CudaBackend final : public Backend {
  public:
   BackendKind kind() const override { return BackendKind::Cuda; }
-  bool canExecuteStages() const override { return false; }
+  bool canExecuteStages() const override { return true; }
   // [] when no GPU or no driver is present; CudaError on any other failure.
   std::vector<DeviceInfo> listDevices() override;
   // cudaHostAlloc when pinned is asked for and a GPU is present; pageable memory, with a
   // log line, when pinning fails.
   std::unique_ptr<HostBuffer> allocHost(uint64_t bytes, bool pinned) override;
-  // Throws NotImplementedError until CUDA stage execution lands (issue 3).
+  // Timed with CUDA events on a stream of their own, after a warm-up copy.
+  double measureHostToDevice(const HostBuffer& buffer, int64_t device) override;
+  double measureDeviceMemory(int64_t device, uint64_t bytes) override;
+  // Creates the device's primary context and loads cuBLAS once per device.
+  void prepareDevice(int64_t device) override;
+  // InvalidArgumentError for a device index that does not exist.
   std::unique_ptr<Stage> createStage(const StageSpec& spec) override;
+
+ private:
+  static void requireDevice(int64_t device);
+
+  std::mutex preparedMutex_;
+  std::map<int64_t, cublasHandle_t> prepared_;  // warm handles, never used for compute
 };
 
 }  // namespace paraserve

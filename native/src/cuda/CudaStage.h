@@ -1,0 +1,130 @@
+// A stage on a GPU. Weights live in device memory in the stage's compute type (f16, bf16 or
+// f32), with each layer's q/k/v and gate/up projections fused into one matrix so a decode
+// step reads them in one matrix product. Binding a tensor queues its host-to-device copy on
+// the stage's copy stream (in chunks) and records the ready event of its layer; a forward
+// pass on the compute stream waits on each layer's event just before that layer, so compute
+// starts while later layers are still being copied (layer-pipelined swap-in).
+#pragma once
+
+#ifdef PARASERVE_WITH_CUDA
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "core/Backend.h"
+#include "core/StageShape.h"
+#include "cuda/CudaCheck.h"
+
+namespace paraserve::cuda {
+
+class CudaStage final : public Stage {
+ public:
+  explicit CudaStage(const StageSpec& spec);
+  ~CudaStage() override;
+  CudaStage(const CudaStage&) = delete;
+  CudaStage& operator=(const CudaStage&) = delete;
+
+  void bindTensor(const TensorBinding& binding) override;
+  std::vector<std::string> missingTensors() const override;
+  std::vector<float> forward(const ForwardRequest& request) override;
+  std::vector<std::vector<float>> forwardBatch(const std::vector<ForwardRequest>& requests) override;
+  void releaseSequence(int64_t sequence) override;
+  void waitForCopies() override;
+  uint64_t deviceBytes() const override;
+
+ private:
+  struct Layer {
+    DeviceBuffer inputNorm;  // (hidden)
+    DeviceBuffer qkv;        // ((heads + 2 kvHeads) * headDim, hidden): q rows, then k, then v
+    DeviceBuffer qkvBias;    // ((heads + 2 kvHeads) * headDim), attentionBias only
+    DeviceBuffer wo;         // (hidden, heads * headDim)
+    DeviceBuffer postNorm;   // (hidden)
+    DeviceBuffer gateUp;     // (2 * inter, hidden): gate rows, then up
+    DeviceBuffer down;       // (hidden, inter)
+  };
+
+  // Where a bound tensor's bytes go, and which ready event covers them.
+  struct Destination {
+    uint8_t* data = nullptr;
+    size_t event = 0;
+  };
+
+  struct Slot {
+    TensorSlot expected;
+    bool bound = false;
+  };
+
+  // One sequence's KV cache: per layer, keys then values, each (capacity, kvHeads * headDim).
+  struct Sequence {
+    DeviceBuffer cache;
+    int64_t capacity = 0;
+    int64_t length = 0;  // cached positions [0, length)
+  };
+
+  // A slice of one request that runs in a pass: tokens [offset, offset + count) of it.
+  struct Segment {
+    size_t request = 0;
+    int64_t offset = 0;
+    int64_t count = 0;
+  };
+
+  Destination destinationFor(const std::string& name);
+  void releaseLandedHostBuffers();
+  void freeSequence(int64_t sequence);
+  void freeReleasedSequences();
+  std::vector<std::vector<Segment>> planPasses(const std::vector<ForwardRequest>& requests) const;
+  void runPass(const std::vector<ForwardRequest>& requests, const std::vector<Segment>& segments,
+               std::vector<std::vector<float>>& outputs);
+  void attention(const Segment& segment, int64_t position, Sequence& sequence, size_t layer, int64_t row,
+                 uint8_t* q16, float* scores, uint8_t* probabilities, uint8_t* attnOut);
+  void ensureCapacity(Sequence& sequence, int64_t positions);
+  uint8_t* keysOf(const Sequence& sequence, size_t layer) const;
+  uint8_t* valuesOf(const Sequence& sequence, size_t layer) const;
+  void ensureScratch(uint64_t bytes);
+  // out (rows x outFeatures) = in (rows x inFeatures, act) · weight^T (outFeatures x inFeatures,
+  // act); out is fp32 (outFp32) or act; accumulate adds to out instead of overwriting it.
+  void linear(const void* in, const void* weight, int64_t rows, int64_t inFeatures, int64_t outFeatures, void* out,
+              bool outFp32, bool accumulate);
+
+  StageSpec spec_;
+  int device_;
+  DType act_;
+  uint64_t actSize_;
+  cudaStream_t compute_ = nullptr;
+  cudaStream_t copy_ = nullptr;
+  cublasHandle_t blas_ = nullptr;
+  // Ready events: [0] embeddings, [1 + i] layer i of the stage, [last] final norm and head.
+  std::vector<cudaEvent_t> ready_;
+  DeviceBuffer invFreq_;
+  std::vector<Layer> layers_;
+  DeviceBuffer embed_;   // (vocab, hidden); the head too when tieWordEmbeddings
+  DeviceBuffer norm_;    // (hidden)
+  DeviceBuffer lmHead_;  // (vocab, hidden), untied head only
+  uint64_t weightBytes_ = 0;
+  std::vector<Slot> slots_;  // layer order
+  std::unordered_map<std::string, size_t> slotIndex_;
+  DeviceBuffer convertStaging_;  // raw bytes of a tensor stored in another dtype, before conversion
+  std::vector<std::shared_ptr<const HostBuffer>> copiesInFlight_;  // kept alive until the copy stream drains
+  DeviceBuffer scratch_;
+  std::mutex mutex_;  // one forward, bind or release at a time: they share the streams
+  std::map<int64_t, Sequence> sequences_;
+  std::atomic<uint64_t> kvBytes_{0};
+  std::atomic<uint64_t> scratchBytes_{0};
+  // Sequences released while a forward held the stage (the JS thread never waits for one):
+  // freed when that forward ends.
+  std::mutex releasedMutex_;
+  std::vector<int64_t> released_;
+};
+
+}  // namespace paraserve::cuda
+
+#endif  // PARASERVE_WITH_CUDA
