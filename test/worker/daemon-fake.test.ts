@@ -1,8 +1,8 @@
 // The daemon's orchestration with a fake addon, where the test decides when forwards and
 // fetches complete: Drain waiting for a request to finish, Unload during generation, two
-// LoadStage calls for one instance, a load abandoned by its client, and native failures
-// during a load — each checked to free every buffer and stage the daemon allocated.
-import { join } from 'node:path';
+// LoadStage calls for one instance, a load abandoned by its client, a stalled source, and
+// native failures during a load — each checked to free every buffer and stage the daemon
+// allocated.
 import * as grpc from '@grpc/grpc-js';
 import { pino } from 'pino';
 import t from 'tap';
@@ -10,50 +10,34 @@ import type { DrainReply__Output } from '../../protos/generated/paraserve/v1/Dra
 import type { GenerateEvent__Output } from '../../protos/generated/paraserve/v1/GenerateEvent.js';
 import type { UnloadStageReply__Output } from '../../protos/generated/paraserve/v1/UnloadStageReply.js';
 import type { WorkerClient } from '../../protos/generated/paraserve/v1/Worker.js';
-import { startWorkerWith, type RunningWorker, type WorkerOptions } from '../../worker/daemon/main.js';
+import { startWorkerWith, type WorkerOptions } from '../../worker/daemon/main.js';
 import { FakeAddon } from './fixtures/fake-addon.js';
 import {
+  clientOf,
   collect,
   generate,
+  heldDirectory,
   loadRequest,
   loadStage,
-  makeModel,
-  serveDirectory,
-  tempDir,
+  scratchModel,
+  testWorkerOptions,
   tokensOf,
   unary,
   waitForSnapshot,
-  workerClient,
   type TestModel,
 } from './fixtures/harness.js';
 
-const options: WorkerOptions = {
-  id: 'fake-worker',
-  host: '127.0.0.1',
-  port: 0,
-  gatewayUrl: null,
-  backend: 'cpu',
-  hostCacheBytes: 64 * 1024 * 1024,
-  maxContext: 256,
-  drainTimeoutMs: 5_000,
-  logLevel: 'silent',
-  fetchBandwidthBytesPerS: null,
-  loadOverlap: true,
-};
+const options: WorkerOptions = testWorkerOptions({ id: 'fake-worker' });
 
-const scratch = await tempDir('fake-worker');
-const model: TestModel = await makeModel(join(scratch.path, 'model'));
-t.teardown(() => scratch.remove());
+const model: TestModel = await scratchModel(t, 'fake-worker');
 
-async function fakeWorker(t: { teardown: (fn: () => unknown) => void }): Promise<{ addon: FakeAddon; worker: RunningWorker; client: WorkerClient }> {
+async function fakeWorker(
+  t: { teardown: (fn: () => unknown) => void },
+  overrides: Partial<WorkerOptions> = {},
+): Promise<{ addon: FakeAddon; client: WorkerClient }> {
   const addon = new FakeAddon();
-  const worker = await startWorkerWith(options, { addon, backend: 'cpu', logger: pino({ level: 'silent' }) });
-  const client = workerClient(worker.address);
-  t.teardown(async () => {
-    client.close();
-    await worker.close();
-  });
-  return { addon, worker, client };
+  const client = await clientOf(t, startWorkerWith({ ...options, ...overrides }, { addon, backend: 'cpu', logger: pino({ level: 'silent' }) }));
+  return { addon, client };
 }
 
 const prompt = [3, 4, 5];
@@ -98,16 +82,12 @@ t.test('UnloadStage cancels running requests, then frees the stage and buffer', 
 
 t.test('a second LoadStage of a loading instance waits for it', async (t) => {
   const { addon, client } = await fakeWorker(t);
-  let releaseFetch: () => void = () => undefined;
-  const fetchGate = new Promise<void>((resolve) => {
-    releaseFetch = resolve;
-  });
-  const http = await serveDirectory(model.dir, () => fetchGate);
+  const http = await heldDirectory(model.dir);
   t.teardown(() => http.close());
   const first = loadStage(client, loadRequest(model, 'a', http.url));
   await waitForSnapshot(client, (s) => s.instances.some((i) => i.residency === 'LOADING' && i.hostBytes > 0));
   const second = loadStage(client, loadRequest(model, 'a', http.url));
-  releaseFetch();
+  http.release();
   const [a, b] = await Promise.all([first, second]);
   t.equal(a.code, grpc.status.OK);
   t.equal(b.code, grpc.status.OK);
@@ -117,15 +97,8 @@ t.test('a second LoadStage of a loading instance waits for it', async (t) => {
 
 t.test('a client that abandons a load leaves nothing behind', async (t) => {
   const { addon, client } = await fakeWorker(t);
-  let releaseFetch: () => void = () => undefined;
-  const fetchGate = new Promise<void>((resolve) => {
-    releaseFetch = resolve;
-  });
-  const http = await serveDirectory(model.dir, () => fetchGate);
-  t.teardown(async () => {
-    releaseFetch();
-    await http.close();
-  });
+  const http = await heldDirectory(model.dir);
+  t.teardown(() => http.close());
   const call = client.LoadStage(loadRequest(model, 'a', http.url));
   const outcome = collect(call);
   await waitForSnapshot(client, (s) => s.instances.some((i) => i.residency === 'LOADING' && i.hostBytes > 0));
@@ -156,6 +129,17 @@ t.test('native failures during a load map to statuses and free everything', asyn
   const ok = await loadStage(client, loadRequest(model, 'a'));
   t.equal(ok.code, grpc.status.OK);
   t.same(tokensOf(await generate(client, { requestId: 'g', instanceId: 'a', promptTokenIds: prompt, maxTokens: 2 })), [3, 4]);
+});
+
+t.test('a source that stalls past the fetch stall timeout fails the load with UNAVAILABLE', async (t) => {
+  const { addon, client } = await fakeWorker(t, { fetchStallTimeoutMs: 300 });
+  const http = await heldDirectory(model.dir);
+  t.teardown(() => http.close());
+  const started = Date.now();
+  const outcome = await loadStage(client, loadRequest(model, 'a', http.url));
+  t.equal(outcome.code, grpc.status.UNAVAILABLE, outcome.details);
+  t.ok(Date.now() - started < 5_000, `failed after ${Date.now() - started} ms`);
+  t.equal(addon.liveBuffers(), 0);
 });
 
 t.test('a request id in flight cannot be reused', async (t) => {

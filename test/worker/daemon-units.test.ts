@@ -9,7 +9,8 @@ import type { ModelConfig } from '../../worker/models/model-config.js';
 import { ModelFormatError } from '../../worker/models/errors.js';
 import { toStatus, WorkerError } from '../../worker/daemon/errors.js';
 import { planFetch } from '../../worker/daemon/fetch-plan.js';
-import { chooseDevice, resolveStage, sizeMismatches } from '../../worker/daemon/loader.js';
+import { resolveStage, sizeMismatches } from '../../worker/daemon/loader.js';
+import { chooseDevice } from '../../worker/daemon/memory.js';
 import { advertisedHost, formatAddress } from '../../worker/daemon/address.js';
 import { backoffMs } from '../../worker/daemon/registration.js';
 import { toGenerationRequest } from '../../worker/daemon/requests.js';
@@ -122,14 +123,15 @@ t.test('toGenerationRequest reads proto3 zeros as unset', async (t) => {
 t.test('snapshots account host cache, active requests and CPU free memory', async (t) => {
   const stage = { layerStart: 0, layerEnd: 4, hasEmbeddings: true, hasHead: true, stageIndex: 0, stageCount: 1 };
   const instances: InstanceFacts[] = [
-    { id: 'a', model: 'm', stage, device: 0, residency: 'ON_DEVICE', deviceBytes: 300, hostBytes: 100, activeRequests: 2, error: '' },
-    { id: 'b', model: 'm', stage, device: 0, residency: 'LOADING', deviceBytes: 0, hostBytes: 50, activeRequests: 0, error: '' },
+    { id: 'a', model: 'm', stage, device: 0, residency: 'ON_DEVICE', deviceBytes: 300, hostBytes: 100, activeRequests: 2, error: '', lastUsedMs: 1234, secondCopy: null },
+    { id: 'b', model: 'm', stage, device: 0, residency: 'LOADING', deviceBytes: 0, hostBytes: 50, activeRequests: 0, error: '', lastUsedMs: 0, secondCopy: null },
   ];
   const devices = workerDevices('cpu', [], { name: 'Test CPU', totalBytes: 10_000, freeBytes: 1_000 }, instances);
   t.same(devices, [{ index: 0, kind: 'cpu', name: 'Test CPU', totalBytes: 10_000, freeBytes: 700 }]);
   const cuda = workerDevices('cuda', [{ index: 1, kind: 'cuda', name: 'H100', totalBytes: 80, freeBytes: 70 }], { name: 'x', totalBytes: 1, freeBytes: 1 }, instances);
   t.same(cuda, [{ index: 1, kind: 'cuda', name: 'H100', totalBytes: 80, freeBytes: 70 }]);
-  const snapshot = buildSnapshot({ workerId: 'w', lifecycle: 'READY', backend: 'cpu', devices, hostCacheLimit: 1000, instances, fetchBytesPerS: 5 });
+  const snapshot = buildSnapshot({ workerId: 'w', lifecycle: 'READY', backend: 'cpu', devices, hostCacheLimit: 1000, hostCachePinned: true, instances, fetchBytesPerS: 5 });
+  t.equal(snapshot.hostCachePinned, true);
   t.equal(snapshot.hostCacheBytes, 150);
   t.equal(snapshot.activeRequests, 2);
   t.equal(snapshot.instances.length, 2);
@@ -143,6 +145,7 @@ t.test('snapshots account host cache, active requests and CPU free memory', asyn
     hostBytes: 100,
     activeRequests: 2,
     error: '',
+    lastUsedMs: 1234,
   });
 });
 

@@ -22,7 +22,7 @@ import { hashModelFiles } from '../../worker/models/inspect.js';
 import { openModelSource } from '../../worker/models/source.js';
 import type { StageHandle } from '../../worker/native/addon-types.js';
 import { FakeAddon } from './fixtures/fake-addon.js';
-import { collect, generate, loadStage, makeModel, serveDirectory, tempDir, tokensOf, workerClient, type StreamOutcome } from './fixtures/harness.js';
+import { collect, generate, heldDirectory, loadStage, makeModel, tempDir, tokensOf, workerClient, type StreamOutcome } from './fixtures/harness.js';
 
 t.test('tensorRanges: the ranges of its file that a tensor intersects', async (t) => {
   const tensors = [
@@ -209,13 +209,8 @@ t.test('an init failure fails the load at once, without waiting for a held fetch
   const addon = new FailingInit();
   const worker = await startWorkerWith({ ...options('failing-init', true), fetchBandwidthBytesPerS: null }, { addon, backend: 'cpu', logger: pino({ level: 'silent' }) });
   const client = workerClient(worker.address);
-  let releaseFetch: () => void = () => undefined;
-  const fetchGate = new Promise<void>((resolve) => {
-    releaseFetch = resolve;
-  });
-  const http = await serveDirectory(model.dir, () => fetchGate);
+  const http = await heldDirectory(model.dir);
   t.teardown(async () => {
-    releaseFetch();
     client.close();
     await worker.close();
     await http.close();

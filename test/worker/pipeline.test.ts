@@ -2,12 +2,14 @@
 // stages on in-process workers linked by ForwardActivations, against the same model whole on
 // one worker. Greedy and seeded-sampled tokens must be identical (the last stage samples with
 // the single-worker code path and the hidden states travel as exact float32); cancelling frees
-// every stage's sequence; a stage unloaded or going away mid-request fails it with UNAVAILABLE.
+// every stage's sequence; a stage unloaded or going away mid-request fails it with UNAVAILABLE;
+// a stage swapped out and back in from its host copy serves the same tokens.
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import t, { type Test } from 'tap';
 import type { GenerateEvent__Output } from '../../protos/generated/paraserve/v1/GenerateEvent.js';
 import type { GenerateRequest } from '../../protos/generated/paraserve/v1/GenerateRequest.js';
+import type { SwapReply__Output } from '../../protos/generated/paraserve/v1/SwapReply.js';
 import type { UnloadStageReply__Output } from '../../protos/generated/paraserve/v1/UnloadStageReply.js';
 import type { StageRange } from '../../protos/generated/paraserve/v1/StageRange.js';
 import type { WorkerClient } from '../../protos/generated/paraserve/v1/Worker.js';
@@ -142,6 +144,22 @@ t.test('2- and 4-stage pipelines give the single worker tokens', async (t) => {
   const wrongStage = await generate(clients[1]!, request('p4', 'p4-wrong-stage', {}));
   t.equal(wrongStage.code, grpc.status.FAILED_PRECONDITION, 'Generate on stage 1 is refused');
   t.match(wrongStage.details, /stage 0/);
+});
+
+t.test('pipeline stages keep their host copies: swapped out and back in, they give the same tokens', async (t) => {
+  const expected = tokensOf(await generate(clients[0]!, request('whole', 'whole-swap', {})));
+  for (const i of [0, 1]) {
+    const s = await waitForSnapshot(clients[i]!, (s) => s.instances.some((x) => x.instanceId === 'p2' && x.residency === 'ON_DEVICE'));
+    t.ok(s.instances.find((x) => x.instanceId === 'p2')!.hostBytes > 0, `stage ${i} holds a host copy`);
+  }
+  const out = await unary<SwapReply__Output>((o, cb) => clients[1]!.SwapOut({ instanceId: 'p2' }, o, cb));
+  t.same([out.error, out.reply?.device], [null, -1], 'stage 1 swapped out');
+  const refused = await generate(clients[0]!, request('p2', 'p2-host-only', {}));
+  t.equal(refused.code, grpc.status.FAILED_PRECONDITION, 'a host-only stage fails the request upstream');
+  t.match(refused.details, /host_only/);
+  const into = await unary<SwapReply__Output>((o, cb) => clients[1]!.SwapIn({ instanceId: 'p2', device: -1 }, o, cb));
+  t.same([into.error, into.reply?.source], [null, 'host'], 'stage 1 swapped in');
+  t.same(tokensOf(await generate(clients[0]!, request('p2', 'p2-swapped', {}))), expected);
 });
 
 /** Each worker's view of instance `id`: active requests and device bytes. */

@@ -1,10 +1,13 @@
 // LoadStage: bring a stage of a model from its source into one host buffer (the instance's
-// host cache copy) and onto a device, reporting each phase. Fetch runs several ranged
-// requests at once in layer order (fetch-plan.ts lays them out). With overlap (issue 4, the
-// default), three things run from t=0: the fetch; runtime init (createStage: context, weights
-// and KV cache space — on the CPU backend, allocation); and the copy, which binds each tensor
-// from the host buffer as soon as init is done and every range holding its bytes has landed
-// and been verified, in layer order, while later layers are still fetching. Without overlap
+// host cache copy, kept after the load for later swap-ins; making room for it may evict
+// host-only copies, host-cache.ts) and onto a device, reporting each phase. A stage whose
+// weights cannot fit on the device is refused before its bytes are fetched (memory.ts).
+// Fetch runs several ranged requests at once in layer order (fetch-plan.ts lays them out).
+// With overlap (issue 4, the default), three things run from t=0: the fetch; runtime init
+// (prepareDevice's context creation, then createStage: weights and KV cache space — on the
+// CPU backend, allocation); and the copy, which binds each tensor from the host buffer as
+// soon as init is done and every range holding its bytes has landed and been verified, in
+// layer order, while later layers are still fetching. Without overlap
 // the phases run one after the other (fetch, init, copy), the baseline a plain serverless
 // container gives. Each phase's start and end go out as PhaseEvents on the event stream
 // (at_ms since the request arrived); LoadProgress messages stream to the caller throughout.
@@ -29,8 +32,7 @@ import { readCheckpointTensors, type TensorInfo } from '../models/safetensors.js
 import { openModelSource, type ModelSourceReader } from '../models/source.js';
 import { throttledSource } from '../models/throttle.js';
 import { planStageTensors, stageSpecFor, type StageRangeSpec } from '../models/stage-plan.js';
-import type { BackendName, DeviceInfo, HostBufferHandle, NativeAddon, StageHandle } from '../native/addon-types.js';
-import { nativeStageRunner } from '../engine/generator.js';
+import type { BackendName, HostBufferHandle, NativeAddon, StageHandle } from '../native/addon-types.js';
 import { toStatus, WorkerError, type StatusReport } from './errors.js';
 import {
   defaultFetchPlanOptions,
@@ -41,7 +43,10 @@ import {
   type FetchRange,
   type FileChunkHashes,
 } from './fetch-plan.js';
-import type { InstanceRecord, WorkerState } from './state.js';
+import { allocateHostCopy, releaseNative } from './host-cache.js';
+import { chooseDevice, estimateWeightBytes } from './memory.js';
+import type { HostTensor, InstanceRecord, WorkerState } from './state.js';
+import { attachStage, checkRoom, swapIn, swapSettled } from './swap.js';
 
 export type LoadPhase = 'FETCH' | 'COPY' | 'INIT' | 'READY';
 
@@ -56,6 +61,8 @@ export interface LoaderDeps {
   fetchConcurrency: number;
   /** Overlap fetch, runtime init and copy; false: fetch, then init, then copy (the baseline). */
   loadOverlap: boolean;
+  /** A fetch fails when its source sends nothing for this long (connect, headers, between chunks). */
+  fetchStallTimeoutMs: number;
 }
 
 /** Receives LoadProgress messages for the LoadStage stream. */
@@ -107,18 +114,6 @@ export function resolveStage(
     spec: { layerStart, layerEnd, hasEmbeddings: range.hasEmbeddings, hasHead: range.hasHead },
     maxContext,
   };
-}
-
-/** Pure: the device a stage goes to; -1 picks the one with the most free bytes. */
-export function chooseDevice(requested: number, devices: readonly Pick<DeviceInfo, 'index' | 'freeBytes'>[]): number | string {
-  if (devices.length === 0) return 'the backend has no devices';
-  if (requested === -1) {
-    return devices.reduce((best, d) => (d.freeBytes > best.freeBytes ? d : best)).index;
-  }
-  if (!devices.some((d) => d.index === requested)) {
-    return `device ${requested} does not exist (devices: ${devices.map((d) => d.index).join(', ')})`;
-  }
-  return requested;
 }
 
 /** Pure: files whose size at the source differs from the registered one. */
@@ -195,6 +190,10 @@ export async function loadStage(
     const failure = await existing.loaded;
     if (failure !== null) throw new WorkerError(failure.code, failure.details);
     if (existing.unloading) throw new WorkerError(status.FAILED_PRECONDITION, `instance ${existing.id} is being unloaded`);
+    if (existing.residency === 'HOST_ONLY') {
+      deps.state.assertAccepting();
+      await swapIn(deps, existing.id, request.device);
+    }
     report('READY', existing.hostBytes, existing.hostBytes);
     return;
   }
@@ -210,8 +209,9 @@ export async function loadStage(
   }
   const resolved = resolveStage(request.stage, request.maxContext, deps.defaultMaxContext, config);
   if (typeof resolved === 'string') throw invalid(resolved);
-  const device = chooseDevice(request.device, deps.addon.listDevices(deps.backend));
+  const device = chooseDevice(request.device, deps.state.currentDevices());
   if (typeof device === 'string') throw invalid(device);
+  const stageSpec = stageSpecFor(config, resolved.spec, deps.backend, device, resolved.maxContext);
   const chunks = registeredChunks(request.source.files);
   if (typeof chunks === 'string') throw invalid(`source.files: ${chunks}`);
 
@@ -226,11 +226,18 @@ export async function loadStage(
     hostBytes: 0,
     activeRequests: 0,
     error: '',
+    lastUsedMs: Date.now(),
+    secondCopy: null,
     maxContext: resolved.maxContext,
+    stageSpec,
     nativeStage: null,
     hostBuffer: null,
+    hostTensors: [],
+    weightBytes: 0,
     runner: null,
     measureDeviceBytes: null,
+    transition: null,
+    swappingOut: false,
     loaded: new Promise((resolve) => {
       settle = resolve;
     }),
@@ -256,12 +263,22 @@ export async function loadStage(
     task.catch((e: unknown) => stop.abort(e));
     return task;
   };
+  // The stage is created only once its bytes are checked and reserved on the device, so the
+  // check never counts the stage's own allocation; the device's runtime init goes first.
+  let roomReserved: () => void = () => undefined;
+  const reserved = new Promise<void>((resolve, reject) => {
+    roomReserved = resolve;
+    loadSignal.addEventListener('abort', () => reject(loadSignal.reason as Error), { once: true });
+  });
+  reserved.catch(() => undefined);
   const initStage = async (): Promise<StageHandle> => {
     await yieldToLoop();
     loadSignal.throwIfAborted();
     phase('INIT', false);
     report('INIT', 0, 1);
-    record.nativeStage = deps.addon.createStage(stageSpecFor(config, resolved.spec, deps.backend, device, resolved.maxContext));
+    await deps.addon.prepareDevice(deps.backend, device);
+    await reserved;
+    record.nativeStage = deps.addon.createStage(stageSpec);
     phase('INIT', true);
     report('INIT', 1, 1);
     return record.nativeStage;
@@ -271,7 +288,7 @@ export async function loadStage(
     phase('FETCH', false);
     report('FETCH', 0, 0);
     const init = deps.loadOverlap ? track(initStage()) : null;
-    const source = throttledSource(openModelSource(request.source.uri), deps.state.fetchLimiter);
+    const source = throttledSource(openModelSource(request.source.uri, { timeoutMs: deps.fetchStallTimeoutMs }), deps.state.fetchLimiter);
     await verifySizes(source, request.source.files);
     loadSignal.throwIfAborted();
     const tensors = await readCheckpointTensors(source);
@@ -283,9 +300,13 @@ export async function loadStage(
       log.warn({ files: plan.unverifiedFiles }, 'loading unverified bytes: these files were registered without chunk hashes');
     }
 
-    deps.state.reserveHostBytes(record, plan.totalBytes);
-    const buffer = deps.addon.allocHostBuffer(plan.totalBytes, true);
+    const weightBytes = estimateWeightBytes(planned, stageSpec.computeDType);
+    checkRoom(deps.state, record.id, weightBytes, device);
+    record.deviceBytes = weightBytes;
+    roomReserved();
+    const buffer = allocateHostCopy({ addon: deps.addon, state: deps.state, logger: log }, record, plan.totalBytes);
     record.hostBuffer = buffer;
+    record.hostTensors = planned.map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape, offset: plan.offsets.get(t.name)!, bytes: t.end - t.begin }));
 
     report('FETCH', 0, plan.fetchBytes);
     const landed = new LandedTensors(tensorRanges(planned, plan));
@@ -301,7 +322,7 @@ export async function loadStage(
       }),
     );
     const copy = async (stage: StageHandle): Promise<void> => {
-      await bindAsLanded(deps.addon, stage, buffer, planned, plan, landed, loadSignal, () => phase('COPY', false), (done) =>
+      await bindAsLanded(deps.addon, stage, buffer, record.hostTensors, landed, loadSignal, () => phase('COPY', false), (done) =>
         report('COPY', done, plan.tensorBytes),
       );
       loadSignal.throwIfAborted();
@@ -317,12 +338,9 @@ export async function loadStage(
     }
     loadSignal.throwIfAborted();
 
-    const stage = record.nativeStage!;
-    record.measureDeviceBytes = () => deps.addon.stageDeviceBytes(stage);
-    record.deviceBytes = record.measureDeviceBytes();
-    record.runner = nativeStageRunner(deps.addon, stage);
-    record.residency = 'ON_DEVICE';
-    deps.state.changed();
+    attachStage(deps.addon, deps.state, record, record.nativeStage!);
+    record.weightBytes = record.deviceBytes;
+    record.lastUsedMs = Date.now();
     phase('READY', true);
     report('READY', plan.fetchBytes, plan.fetchBytes);
     log.info({ elapsedMs: Math.round(elapsed()), hostBytes: record.hostBytes, deviceBytes: record.deviceBytes }, 'load ready');
@@ -337,16 +355,6 @@ export async function loadStage(
     settle(failure);
     throw new WorkerError(failure.code, failure.details, { cause: e });
   }
-}
-
-/** Frees what an instance holds natively (its stage, then its host buffer). */
-export function releaseNative(addon: NativeAddon, record: InstanceRecord): void {
-  if (record.nativeStage !== null) addon.disposeStage(record.nativeStage);
-  record.nativeStage = null;
-  record.runner = null;
-  record.measureDeviceBytes = null;
-  if (record.hostBuffer !== null) addon.freeHostBuffer(record.hostBuffer);
-  record.hostBuffer = null;
 }
 
 async function verifySizes(source: ModelSourceReader, files: readonly ModelFile__Output[]): Promise<void> {
@@ -567,30 +575,29 @@ async function bindAsLanded(
   addon: NativeAddon,
   stage: StageHandle,
   buffer: HostBufferHandle,
-  planned: readonly TensorInfo[],
-  plan: FetchPlan,
+  tensors: readonly HostTensor[],
   landed: LandedTensors,
   signal: AbortSignal,
   onStart: () => void,
   onProgress: (bytesDone: number) => void,
 ): Promise<void> {
   let done = 0;
-  for (const [i, t] of planned.entries()) {
+  for (const [i, t] of tensors.entries()) {
     await landed.whenLanded(i, signal);
     signal.throwIfAborted();
     if (i === 0) onStart();
-    addon.bindTensor(stage, { name: t.name, dtype: t.dtype, shape: t.shape, buffer, offset: plan.offsets.get(t.name)! });
-    done += t.end - t.begin;
+    addon.bindTensor(stage, { name: t.name, dtype: t.dtype, shape: t.shape, buffer, offset: t.offset });
+    done += t.bytes;
     onProgress(done);
     await yieldToLoop();
   }
-  if (planned.length === 0) onStart();
+  if (tensors.length === 0) onStart();
 }
 
 /**
  * UnloadStage: drops an instance with its device and host copies. A loading instance has its
  * load aborted; a ready one first has its requests cancelled and waits for them to release
- * their sequences. Resolves to the bytes freed.
+ * their sequences, and for a swap in progress to end. Resolves to the bytes freed.
  */
 export async function unloadInstance(deps: Pick<LoaderDeps, 'addon' | 'state' | 'logger'>, instanceId: string): Promise<number> {
   const record = deps.state.instance(instanceId);
@@ -608,6 +615,7 @@ export async function unloadInstance(deps: Pick<LoaderDeps, 'addon' | 'state' | 
   const requests = deps.state.requestsOf(instanceId);
   for (const r of requests) r.abort.abort(reason);
   await Promise.all(requests.map((r) => r.done));
+  await swapSettled(record);
   const freed = record.hostBytes + record.deviceBytes;
   releaseNative(deps.addon, record);
   deps.state.removeInstance(record);

@@ -1,22 +1,25 @@
-// Starting and stopping a worker daemon: pick the compute backend, bind the gRPC service,
-// tell systemd we are ready, register with the gateway; on close, drain (in-flight requests
-// finish, new ones get UNAVAILABLE), free every instance and stop the server. The `paraserve
+// Starting and stopping a worker daemon: pick the compute backend, allocate the host cache's
+// pool (pinned on CUDA), bind the gRPC service, tell systemd we are ready, register with the
+// gateway; on close, drain (in-flight requests finish, new ones get UNAVAILABLE), free every
+// instance and stop the server. The `paraserve
 // worker` CLI command and `paraserve up` call startWorker; runWorkerProcess adds the signal
 // handling of a standalone daemon process.
 import os from 'node:os';
 import * as grpc from '@grpc/grpc-js';
 import { pino, type Logger } from 'pino';
 import { loadParaserveProto } from '../../protos/load.js';
+import { DEFAULT_SOURCE_OPTIONS } from '../models/source.js';
 import { FetchLimiter } from '../models/throttle.js';
 import { chooseBackend, loadNativeAddon } from '../native/addon.js';
-import type { BackendName, NativeAddon } from '../native/addon-types.js';
+import type { BackendName, HostPoolInfo, NativeAddon } from '../native/addon-types.js';
 import { advertisedHost, formatAddress } from './address.js';
-import { releaseNative } from './loader.js';
+import { releaseNative } from './host-cache.js';
 import { MAX_ACTIVATION_MESSAGE_BYTES } from './pipeline.js';
 import { GatewayRegistration } from './registration.js';
 import { workerHandlers } from './service.js';
-import { workerDevices } from './snapshot.js';
+import { workerDevices, type CpuFacts } from './snapshot.js';
 import { WorkerState } from './state.js';
+import { swapSettled } from './swap.js';
 
 export interface WorkerOptions {
   /** Stable id in the cluster; null: `<hostname>-<port>`. */
@@ -28,7 +31,10 @@ export interface WorkerOptions {
   /** Gateway to register with; null runs unregistered (tests, manual use). */
   gatewayUrl: string | null;
   backend: 'auto' | 'cpu' | 'cuda';
-  /** Cap of the host-memory model cache, in bytes. */
+  /**
+   * Size of the host-memory model cache, in bytes: the host pool allocated (pinned on CUDA)
+   * at start, which every instance's host copy is carved out of.
+   */
   hostCacheBytes: number;
   /** KV cache capacity per sequence for loads that do not ask for one. */
   maxContext: number;
@@ -40,6 +46,17 @@ export interface WorkerOptions {
   fetchBandwidthBytesPerS: number | null;
   /** Loads overlap fetch, runtime init and copy; false runs them one after another (baselines). */
   loadOverlap: boolean;
+  /**
+   * A fetch fails when its source sends nothing for this long (connect, headers, between
+   * chunks). Absent: the model sources' default (30 s). (Optional until every caller sets it.)
+   */
+  fetchStallTimeoutMs?: number;
+  /**
+   * CPU backend: the device memory budget the worker accounts loads and swap-ins against,
+   * instead of the machine's RAM (tests of the accounting; a share of a machine). Absent or
+   * null: the OS figures. (Optional until every caller sets it.)
+   */
+  cpuDeviceBytes?: number | null;
 }
 
 export interface RunningWorker {
@@ -73,8 +90,10 @@ function shutdownServer(server: grpc.Server, graceMs: number): Promise<void> {
   });
 }
 
-function cpuFacts(): { name: string; totalBytes: number; freeBytes: number } {
-  return { name: os.cpus()[0]?.model.trim() ?? 'cpu', totalBytes: os.totalmem(), freeBytes: os.freemem() };
+function cpuFacts(budgetBytes: number | null): CpuFacts {
+  const name = os.cpus()[0]?.model.trim() ?? 'cpu';
+  if (budgetBytes !== null) return { name, totalBytes: budgetBytes, freeBytes: budgetBytes };
+  return { name, totalBytes: os.totalmem(), freeBytes: os.freemem() };
 }
 
 /** What a worker runs on: the native addon, the backend chosen for it, where logs go. */
@@ -96,6 +115,17 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
 /** startWorker on a given runtime (tests pass a fake addon or a log destination). */
 export async function startWorkerWith(opts: WorkerOptions, runtime: WorkerRuntime): Promise<RunningWorker> {
   const { addon, backend, logger } = runtime;
+  // The host cache is allocated (and pinned) once, before the worker takes any work.
+  const pinHostCache = backend === 'cuda';
+  let pool: HostPoolInfo;
+  try {
+    pool = addon.configureHostPool(opts.hostCacheBytes, pinHostCache);
+  } catch (e) {
+    throw new Error(`cannot allocate the host cache of ${opts.hostCacheBytes} bytes (--host-cache-bytes): ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+  }
+  if (pinHostCache && !pool.pinned) {
+    logger.warn({ hostCacheBytes: opts.hostCacheBytes }, 'could not pin the host cache: it is pageable memory, host-to-GPU copies run slower');
+  }
   // Pipeline activations of a long prefill exceed gRPC's 4 MiB default.
   const server = new grpc.Server({ 'grpc.max_receive_message_length': MAX_ACTIVATION_MESSAGE_BYTES });
   const bindAddress = formatAddress(opts.host, opts.port);
@@ -110,11 +140,13 @@ export async function startWorkerWith(opts: WorkerOptions, runtime: WorkerRuntim
   const address = formatAddress(advertisedHost(opts.host, os.networkInterfaces()), port);
   const log = logger.child({ worker: id });
 
+  const cpuDeviceBytes = opts.cpuDeviceBytes ?? null;
   const state = new WorkerState({
     workerId: id,
     backend,
     hostCacheLimit: opts.hostCacheBytes,
-    devices: (instances) => workerDevices(backend, backend === 'cpu' ? [] : addon.listDevices(backend), cpuFacts(), instances),
+    hostCachePinned: pool.pinned,
+    devices: (instances) => workerDevices(backend, backend === 'cpu' ? [] : addon.listDevices(backend), cpuFacts(cpuDeviceBytes), instances),
     snapshotDebounceMs: SNAPSHOT_DEBOUNCE_MS,
     fetchLimiter: new FetchLimiter(opts.fetchBandwidthBytesPerS),
   });
@@ -128,13 +160,14 @@ export async function startWorkerWith(opts: WorkerOptions, runtime: WorkerRuntim
       defaultMaxContext: opts.maxContext,
       fetchConcurrency: FETCH_CONCURRENCY,
       loadOverlap: opts.loadOverlap,
+      fetchStallTimeoutMs: opts.fetchStallTimeoutMs ?? DEFAULT_SOURCE_OPTIONS.timeoutMs,
       drainTimeoutMs: opts.drainTimeoutMs,
     }),
   );
   state.setLifecycle('READY');
   addon.notifySystemd('READY=1');
   log.info(
-    { address, bound: formatAddress(opts.host, port), hostCacheBytes: opts.hostCacheBytes, fetchBandwidthBytesPerS: opts.fetchBandwidthBytesPerS, loadOverlap: opts.loadOverlap },
+    { address, bound: formatAddress(opts.host, port), hostCacheBytes: opts.hostCacheBytes, hostCachePinned: pool.pinned, fetchBandwidthBytesPerS: opts.fetchBandwidthBytesPerS, loadOverlap: opts.loadOverlap },
     'worker ready',
   );
 
@@ -164,6 +197,7 @@ export async function startWorkerWith(opts: WorkerOptions, runtime: WorkerRuntim
     stopWatching?.();
     await registration?.close();
     for (const record of state.allInstances()) {
+      await swapSettled(record);
       releaseNative(addon, record);
       state.removeInstance(record);
     }

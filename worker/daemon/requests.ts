@@ -1,10 +1,13 @@
 // Generate on the worker: find the instance, turn the proto request into the engine's
 // GenerationRequest (proto3 leaves unset numbers at 0, so 0 means "not given" where 0 is not
 // a usable value), register the request so Cancel, Drain, Unload and a client disconnect can
-// stop it, and run the engine's loop. The mapping is pure; the gRPC handler only streams.
+// stop it, and hand it to the instance's continuous batcher (engine/batcher.ts), where it
+// shares decode steps with the instance's other requests. The mapping is pure; the gRPC
+// handler only streams.
 import { status } from '@grpc/grpc-js';
 import type { GenerateRequest__Output } from '../../protos/generated/paraserve/v1/GenerateRequest.js';
-import { generate, validateGeneration, type GenerationRequest, type GenerationResult, type TokenSink } from '../engine/generator.js';
+import { ContinuousBatcher, DEFAULT_MAX_BATCH_SIZE } from '../engine/batcher.js';
+import { validateGeneration, type GenerationRequest, type GenerationResult, type StageRunner, type TokenSink } from '../engine/generator.js';
 import { WorkerError } from './errors.js';
 import type { InstanceRecord, WorkerState } from './state.js';
 
@@ -53,6 +56,21 @@ export function servingInstance(state: WorkerState, instanceId: string): Instanc
 }
 
 /**
+ * One continuous batcher per stage runner, so the requests of an instance share decode steps;
+ * a runner replaced by a reload gets a fresh batcher, and a dropped one takes its batcher along.
+ */
+const batchers = new WeakMap<StageRunner, ContinuousBatcher>();
+
+function batcherOf(runner: StageRunner): ContinuousBatcher {
+  let batcher = batchers.get(runner);
+  if (batcher === undefined) {
+    batcher = new ContinuousBatcher(runner, { maxBatchSize: DEFAULT_MAX_BATCH_SIZE });
+    batchers.set(runner, batcher);
+  }
+  return batcher;
+}
+
+/**
  * Runs one Generate request to its end: tokens go to onToken, the result carries the finish
  * reason and timings. `caller` aborts it (client disconnect). Rejects with a WorkerError (or
  * an engine/native error toStatus maps) before or during generation.
@@ -69,9 +87,9 @@ export function runGenerate(
   const request = toGenerationRequest(message, record.maxContext, record.nextSequence, arrivedAt);
   const invalid = validateGeneration(request);
   if (invalid !== null) throw new WorkerError(status.INVALID_ARGUMENT, invalid);
-  const runner = record.runner!;
+  const batcher = batcherOf(record.runner!);
   const requestId = message.requestId !== '' ? message.requestId : state.anonymousRequestId();
-  const result = state.trackRequest(requestId, record, caller, (signal) => generate(runner, request, onToken, signal));
+  const result = state.trackRequest(requestId, record, caller, (signal) => batcher.generate(request, onToken, signal));
   record.nextSequence++;
   return result;
 }

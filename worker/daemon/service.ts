@@ -1,9 +1,9 @@
 // The Worker gRPC service of protos/paraserve.proto, as thin handlers: each one translates
-// between the proto messages and the worker's operations (loader.ts, requests.ts, state.ts)
+// between the proto messages and the worker's operations (loader.ts, swap.ts, requests.ts, state.ts)
 // and turns failures into statuses with details (errors.ts); pipeline stages (Generate on a
 // partial stage, ForwardActivations) are pipeline.ts's. A client that cancels a call —
 // the gateway when its HTTP client went away — aborts the work behind it.
-import { status, type ServerWritableStream } from '@grpc/grpc-js';
+import { status, type sendUnaryData, type ServerWritableStream } from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import type { WorkerHandlers } from '../../protos/generated/paraserve/v1/Worker.js';
 import { toStatus, WorkerError } from './errors.js';
@@ -12,13 +12,22 @@ import type { LoadStageRequest__Output } from '../../protos/generated/paraserve/
 import { loadStage, resolveStage, unloadInstance, type LoaderDeps } from './loader.js';
 import { isPartialStage, peersProblem, PipelinePeers, runPipelineGenerate, serveActivations, type PipelineDeps } from './pipeline.js';
 import { runGenerate } from './requests.js';
+import { swapIn, swapOut } from './swap.js';
 
 export interface ServiceDeps extends LoaderDeps {
   /** How long a Drain with deadline_ms 0 waits for in-flight requests. */
   drainTimeoutMs: number;
 }
 
-const SWAP_UNIMPLEMENTED = 'model swapping arrives with the GPU-sharing issue';
+/** Answers a unary call with what `work` resolves to, or the status of what it throws. */
+function answer<Res>(callback: sendUnaryData<Res>, work: () => Promise<Res>): void {
+  Promise.resolve()
+    .then(work)
+    .then(
+      (reply) => callback(null, reply),
+      (e: unknown) => callback(toStatus(e)),
+    );
+}
 
 /** Ends a streaming call with the status for `error`, unless the client is gone. */
 function failStream<Req, Res>(call: ServerWritableStream<Req, Res>, error: unknown, logger: Logger): void {
@@ -85,21 +94,22 @@ export function workerHandlers(deps: ServiceDeps): WorkerHandlers {
     },
 
     UnloadStage(call, callback) {
-      unloadInstance(deps, call.request.instanceId).then(
-        (freedBytes) => {
-          pipeline.peers.delete(call.request.instanceId);
-          callback(null, { freedBytes });
-        },
-        (e: unknown) => callback(toStatus(e)),
-      );
+      answer(callback, async () => {
+        const freedBytes = await unloadInstance(deps, call.request.instanceId);
+        pipeline.peers.delete(call.request.instanceId);
+        return { freedBytes };
+      });
     },
 
-    SwapIn(_call, callback) {
-      callback({ code: status.UNIMPLEMENTED, details: SWAP_UNIMPLEMENTED });
+    SwapIn(call, callback) {
+      answer(callback, () => {
+        state.assertAccepting();
+        return swapIn(deps, call.request.instanceId, call.request.device);
+      });
     },
 
-    SwapOut(_call, callback) {
-      callback({ code: status.UNIMPLEMENTED, details: SWAP_UNIMPLEMENTED });
+    SwapOut(call, callback) {
+      answer(callback, () => swapOut(deps, call.request.instanceId));
     },
 
     Generate(call) {

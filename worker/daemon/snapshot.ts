@@ -16,6 +16,7 @@ export interface InstanceFacts {
   id: string;
   model: string;
   stage: StageRange__Output;
+  /** Device index of its device copy (reserved while loading or swapping in); -1 while HOST_ONLY. */
   device: number;
   residency: Residency;
   deviceBytes: number;
@@ -24,6 +25,16 @@ export interface InstanceFacts {
   activeRequests: number;
   /** Why it failed; '' otherwise. */
   error: string;
+  /**
+   * Worker wall clock (ms since the epoch) when a request last started or ended on it; the
+   * time it became ready until then. The host cache evicts the oldest first.
+   */
+  lastUsedMs: number;
+  /**
+   * A second device copy while the instance moves between devices: the one being built on the
+   * target, then the one it left until the requests running there end; null otherwise.
+   */
+  secondCopy: { device: number; bytes: number } | null;
 }
 
 /** The host's CPU as a device, for the CPU backend: memory is the machine's RAM. */
@@ -39,14 +50,26 @@ export interface SnapshotFacts {
   backend: BackendName;
   devices: Device__Output[];
   hostCacheLimit: number;
+  /** Whether the host pool is page-locked (false where pinning failed or was not asked). */
+  hostCachePinned: boolean;
   instances: readonly InstanceFacts[];
   fetchBytesPerS: number;
 }
 
+/** Device bytes the worker's instances hold (or have reserved) on one device. */
+export function deviceHeldBytes(instances: readonly InstanceFacts[], device: number): number {
+  return instances.reduce(
+    (sum, i) => sum + (i.device === device ? i.deviceBytes : 0) + (i.secondCopy !== null && i.secondCopy.device === device ? i.secondCopy.bytes : 0),
+    0,
+  );
+}
+
 /**
- * The devices a snapshot reports. CPU backend: one device whose free bytes are the OS figure
- * minus what instances hold on it — conservative, as the OS figure may already count them.
- * CUDA: the addon's devices, whose free bytes the driver measured.
+ * The devices a snapshot reports, and the capacity loads and swaps are checked against (one
+ * source for both). CPU backend: one device whose free bytes are the given figure (the OS's,
+ * or a configured budget) minus what instances hold on it — conservative, as the OS figure
+ * may already count them. CUDA: the addon's devices; free is the lower of the driver's figure
+ * and the total minus what the worker's stages hold there.
  */
 export function workerDevices(
   backend: BackendName,
@@ -55,10 +78,16 @@ export function workerDevices(
   instances: readonly InstanceFacts[],
 ): Device__Output[] {
   if (backend === 'cpu') {
-    const held = instances.reduce((sum, i) => sum + i.deviceBytes, 0);
+    const held = deviceHeldBytes(instances, 0);
     return [{ index: 0, kind: 'cpu', name: cpu.name, totalBytes: cpu.totalBytes, freeBytes: Math.max(0, cpu.freeBytes - held) }];
   }
-  return nativeDevices.map((d) => ({ index: d.index, kind: d.kind, name: d.name, totalBytes: d.totalBytes, freeBytes: d.freeBytes }));
+  return nativeDevices.map((d) => ({
+    index: d.index,
+    kind: d.kind,
+    name: d.name,
+    totalBytes: d.totalBytes,
+    freeBytes: Math.max(0, Math.min(d.freeBytes, d.totalBytes - deviceHeldBytes(instances, d.index))),
+  }));
 }
 
 export function instanceState(instance: InstanceFacts): InstanceState__Output {
@@ -72,7 +101,7 @@ export function instanceState(instance: InstanceFacts): InstanceState__Output {
     hostBytes: instance.hostBytes,
     activeRequests: instance.activeRequests,
     error: instance.error,
-    lastUsedMs: 0,
+    lastUsedMs: instance.lastUsedMs,
   };
 }
 
@@ -91,6 +120,6 @@ export function buildSnapshot(facts: SnapshotFacts): WorkerSnapshot__Output {
     instances: facts.instances.map(instanceState),
     activeRequests: facts.instances.reduce((sum, i) => sum + i.activeRequests, 0),
     fetchBytesPerS: facts.fetchBytesPerS,
-    hostCachePinned: false,
+    hostCachePinned: facts.hostCachePinned,
   };
 }

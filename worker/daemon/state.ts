@@ -10,23 +10,46 @@ import type { WorkerEvent__Output } from '../../protos/generated/paraserve/v1/Wo
 import type { WorkerSnapshot__Output } from '../../protos/generated/paraserve/v1/WorkerSnapshot.js';
 import { status } from '@grpc/grpc-js';
 import type { FetchLimiter } from '../models/throttle.js';
-import type { BackendName, HostBufferHandle, StageHandle } from '../native/addon-types.js';
+import type { BackendName, DType, HostBufferHandle, StageHandle, StageSpec } from '../native/addon-types.js';
 import type { StageRunner } from '../engine/generator.js';
 import { WorkerError, type StatusReport } from './errors.js';
 import { buildSnapshot, hostCacheBytes, type InstanceFacts, type Lifecycle } from './snapshot.js';
+
+/** One tensor of an instance's host copy: where its bytes sit in the host buffer. */
+export interface HostTensor {
+  name: string;
+  dtype: DType;
+  shape: number[];
+  offset: number;
+  /** Bytes of the tensor in the buffer (as stored in the checkpoint). */
+  bytes: number;
+}
 
 /** An instance and what the worker holds for it. */
 export interface InstanceRecord extends InstanceFacts {
   /** KV cache capacity per sequence, in tokens. */
   maxContext: number;
-  /** Native stage; set once the load created it. */
+  /** What createStage is given (its device is the one it goes to); set once the load planned it. */
+  stageSpec: StageSpec | null;
+  /** Native stage; set while the instance has a device copy. */
   nativeStage: StageHandle | null;
-  /** The instance's host copy (host cache); set once allocated. */
+  /** The instance's host copy (host cache); set once allocated, kept until unload or eviction. */
   hostBuffer: HostBufferHandle | null;
-  /** Set once the instance is ON_DEVICE. */
+  /** The copy plan: every tensor the stage binds, in layer order, from hostBuffer. */
+  hostTensors: HostTensor[];
+  /** Device bytes of the stage right after its tensors were bound (weights, no KV cache). */
+  weightBytes: number;
+  /** Set while the instance is ON_DEVICE. */
   runner: StageRunner | null;
   /** Reads the stage's device bytes now (weights plus live KV caches); set with runner. */
   measureDeviceBytes: (() => number) | null;
+  /**
+   * A swap of the instance in progress (swaps of one instance run one at a time; a move stays
+   * in progress until the copy it left is disposed); null when none. Never rejects.
+   */
+  transition: Promise<void> | null;
+  /** A swap-out waits for its requests to end: it takes no new ones. */
+  swappingOut: boolean;
   /**
    * Settles when the load ends: null once ready, else the failure. A second LoadStage for the
    * id waits on it; it never rejects.
@@ -59,6 +82,8 @@ export interface WorkerStateOptions {
   workerId: string;
   backend: BackendName;
   hostCacheLimit: number;
+  /** Whether the host pool is page-locked, as configureHostPool reported. */
+  hostCachePinned: boolean;
   /** The devices as they are now (free bytes change); instances are the registry's. */
   devices: (instances: readonly InstanceFacts[]) => Device__Output[];
   /** Snapshots are sent at most this often while changes keep coming. */
@@ -76,6 +101,7 @@ export class WorkerState {
   readonly workerId: string;
   readonly backend: BackendName;
   readonly hostCacheLimit: number;
+  readonly hostCachePinned: boolean;
   readonly fetchLimiter: FetchLimiter;
   private lifecycleState: Lifecycle = 'STARTING';
   private readonly instances = new Map<string, InstanceRecord>();
@@ -93,6 +119,7 @@ export class WorkerState {
     this.workerId = options.workerId;
     this.backend = options.backend;
     this.hostCacheLimit = options.hostCacheLimit;
+    this.hostCachePinned = options.hostCachePinned;
     this.devices = options.devices;
     this.debounceMs = options.snapshotDebounceMs;
     this.fetchLimiter = options.fetchLimiter;
@@ -134,21 +161,9 @@ export class WorkerState {
     return hostCacheBytes(this.allInstances());
   }
 
-  /**
-   * Accounts `bytes` of host cache to a loading instance, or refuses with RESOURCE_EXHAUSTED
-   * when they do not fit under the limit. No eviction yet: making room by dropping least
-   * recently used host copies arrives with the GPU-sharing issue.
-   */
-  reserveHostBytes(record: InstanceRecord, bytes: number): void {
-    const inUse = this.hostCacheBytes() - record.hostBytes;
-    if (inUse + bytes > this.hostCacheLimit) {
-      throw new WorkerError(
-        status.RESOURCE_EXHAUSTED,
-        `host cache full: instance ${record.id} needs ${bytes} bytes, ${inUse} of ${this.hostCacheLimit} are in use`,
-      );
-    }
-    record.hostBytes = bytes;
-    this.changed();
+  /** The devices as the snapshot reports them: what loads and swaps are checked against. */
+  currentDevices(): Device__Output[] {
+    return this.devices(this.allInstances());
   }
 
   /** Marks the instance failed, makes sure watchers see it, then drops it (freeing its bytes). */
@@ -180,7 +195,8 @@ export class WorkerState {
   /**
    * Registers a request on an instance; `run` is the generation, given the request's abort
    * signal, which also fires when `caller` (the gRPC call's) does. The request counts as
-   * active until run settles.
+   * active until run settles; its start and end are the instance's last use. Refused with
+   * FAILED_PRECONDITION while the instance is being swapped out.
    */
   trackRequest<T>(
     requestId: string,
@@ -190,6 +206,9 @@ export class WorkerState {
   ): Promise<T> {
     if (this.requests.has(requestId)) {
       throw new WorkerError(status.ALREADY_EXISTS, `request ${requestId} is already running`);
+    }
+    if (record.swappingOut) {
+      throw new WorkerError(status.FAILED_PRECONDITION, `instance ${record.id} is being swapped out`);
     }
     const abort = new AbortController();
     if (caller.aborted) abort.abort(caller.reason);
@@ -206,10 +225,12 @@ export class WorkerState {
     };
     this.requests.set(requestId, request);
     record.activeRequests++;
+    record.lastUsedMs = Date.now();
     this.changed();
     void request.done.then(() => {
       this.requests.delete(requestId);
       record.activeRequests--;
+      record.lastUsedMs = Date.now();
       if (record.measureDeviceBytes !== null) record.deviceBytes = record.measureDeviceBytes();
       this.changed();
     });
@@ -267,6 +288,7 @@ export class WorkerState {
       backend: this.backend,
       devices: this.devices(instances),
       hostCacheLimit: this.hostCacheLimit,
+      hostCachePinned: this.hostCachePinned,
       instances,
       fetchBytesPerS: this.fetchLimiter.measuredBytesPerSecond() || this.fetchRate,
     });

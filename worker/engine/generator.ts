@@ -2,10 +2,18 @@
 // forward, then decode one token per forward until a stop token, max_tokens, a full context
 // or cancellation — and always free the sequence's KV cache. It talks to the stage through
 // StageRunner, so it runs against a fake in unit tests and against the native addon in the
-// daemon. Deciding when to stop is a pure function (finishReasonAfter); the loop only
-// sequences forward → sample → emit.
+// daemon. Deciding when to stop is a pure function (finishReasonAfter); a request's decoding
+// state (next input, generator state, timings) is a Decoding, which this loop and the
+// continuous batcher (batcher.ts) share; the loop only sequences forward → sample → emit.
 import type { ForwardInput, NativeAddon, StageHandle } from '../native/addon-types.js';
-import { randomSeed, rngFromSeed, sampleToken, validateSamplingParams, type SamplingParams } from './sampling.js';
+import {
+  randomSeed,
+  rngFromSeed,
+  sampleToken,
+  validateSamplingParams,
+  type RandomGenerator,
+  type SamplingParams,
+} from './sampling.js';
 
 /**
  * What the loop needs from a stage that holds the whole model (embeddings and head).
@@ -22,17 +30,33 @@ export interface StageRunner {
   releaseSequence(sequence: number): ReturnType<NativeAddon['releaseSequence']>;
 }
 
+/** A StageRunner that can also run one step of several sequences in one call (batcher.ts). */
+export interface BatchStageRunner extends StageRunner {
+  /**
+   * Runs distinct sequences' inputs in one pass; resolves to each input's logits, in input
+   * order, as forward would for it alone. A rejection may have advanced some sequences;
+   * rerunning an input at its position is safe.
+   */
+  forwardBatch(inputs: readonly ForwardInput[]): ReturnType<NativeAddon['forwardBatch']>;
+}
+
+/** Whether the runner can run a batch in one call. */
+export function canBatch(runner: StageRunner): runner is BatchStageRunner {
+  return 'forwardBatch' in runner;
+}
+
 /**
  * A StageRunner over a native stage. The addon runs forwards of different sequences
  * concurrently (serialising each sequence), so requests share a stage without a lock here;
- * running them in one batch is continuous batching, a later issue.
+ * the batcher (batcher.ts) runs their decode steps as one forwardBatch.
  */
 export function nativeStageRunner(
-  addon: Pick<NativeAddon, 'forward' | 'releaseSequence'>,
+  addon: Pick<NativeAddon, 'forward' | 'forwardBatch' | 'releaseSequence'>,
   stage: StageHandle,
-): StageRunner {
+): BatchStageRunner {
   return {
     forward: (input) => addon.forward(stage, input),
+    forwardBatch: (inputs) => addon.forwardBatch(stage, inputs),
     releaseSequence: (sequence) => addon.releaseSequence(stage, sequence),
   };
 }
@@ -107,6 +131,70 @@ export function finishReasonAfter(
   return null;
 }
 
+/** One sampled token and whether generation ends with it. */
+export interface SampledToken {
+  id: number;
+  /** 0 for the first generated token. */
+  index: number;
+  /** Why generation ends after this token; null: it goes on. */
+  finish: FinishReason | null;
+}
+
+/**
+ * One validated request's decoding state: the input of its next forward (the whole prompt
+ * first, then the last sampled token), its own random generator, and its timings. Created
+ * when the request starts running (that ends its queue time).
+ */
+export class Decoding {
+  readonly request: GenerationRequest;
+  /** The input of the next forward. */
+  next: ForwardInput;
+  private rng: RandomGenerator;
+  private generated = 0;
+  private readonly startedAt = performance.now();
+  private firstTokenAt: number | null = null;
+
+  constructor(request: GenerationRequest) {
+    this.request = request;
+    this.rng = rngFromSeed(request.sampling.seed ?? randomSeed());
+    this.next = { sequence: request.sequence, position: 0, tokens: Int32Array.from(request.promptTokenIds), hidden: null };
+  }
+
+  /**
+   * Samples a token from the logits of `next` (throws SamplingError for unusable logits) and
+   * makes it the next input.
+   */
+  sample(logits: Float32Array): SampledToken {
+    const [id, rng] = sampleToken(logits, this.request.sampling, this.rng);
+    this.rng = rng;
+    this.generated++;
+    this.next = {
+      sequence: this.request.sequence,
+      position: this.request.promptTokenIds.length + this.generated - 1,
+      tokens: Int32Array.of(id),
+      hidden: null,
+    };
+    return { id, index: this.generated - 1, finish: finishReasonAfter(this.request, this.generated, id) };
+  }
+
+  /** Called once a sampled token was delivered; the first call ends the prefill time. */
+  delivered(): void {
+    this.firstTokenAt ??= performance.now();
+  }
+
+  result(reason: FinishReason): GenerationResult {
+    const ended = performance.now();
+    return {
+      reason,
+      promptTokens: this.request.promptTokenIds.length,
+      completionTokens: this.generated,
+      queueMs: this.startedAt - this.request.arrivedAt,
+      prefillMs: (this.firstTokenAt ?? ended) - this.startedAt,
+      decodeMs: this.firstTokenAt === null ? 0 : ended - this.firstTokenAt,
+    };
+  }
+}
+
 /**
  * Runs one request to its end. Resolves with reason CANCELLED when the signal aborts (checked
  * between forwards: a forward in flight completes first). Rejects with GenerationError for a
@@ -122,47 +210,22 @@ export async function generate(
   const invalid = validateGeneration(request);
   if (invalid !== null) throw new GenerationError(invalid);
 
-  const prompt = request.promptTokenIds;
-  const started = performance.now();
-  const queueMs = started - request.arrivedAt;
-  let rng = rngFromSeed(request.sampling.seed ?? randomSeed());
-  let generated = 0;
-  let prefillEnd: number | null = null;
+  const decoding = new Decoding(request);
   let reason: FinishReason = 'CANCELLED';
-
   try {
-    let input: ForwardInput = { sequence: request.sequence, position: 0, tokens: Int32Array.from(prompt), hidden: null };
     while (!signal.aborted) {
-      const logits = await runner.forward(input);
+      const logits = await runner.forward(decoding.next);
       if (signal.aborted) break;
-      const [token, nextRng] = sampleToken(logits, request.sampling, rng);
-      rng = nextRng;
-      generated++;
-      await onToken(token, generated - 1);
-      prefillEnd ??= performance.now();
-      const finish = finishReasonAfter(request, generated, token);
-      if (finish !== null) {
-        reason = finish;
+      const token = decoding.sample(logits);
+      await onToken(token.id, token.index);
+      decoding.delivered();
+      if (token.finish !== null) {
+        reason = token.finish;
         break;
       }
-      input = {
-        sequence: request.sequence,
-        position: prompt.length + generated - 1,
-        tokens: Int32Array.of(token),
-        hidden: null,
-      };
     }
   } finally {
     runner.releaseSequence(request.sequence);
   }
-
-  const ended = performance.now();
-  return {
-    reason,
-    promptTokens: prompt.length,
-    completionTokens: generated,
-    queueMs,
-    prefillMs: (prefillEnd ?? ended) - started,
-    decodeMs: prefillEnd === null ? 0 : ended - prefillEnd,
-  };
+  return decoding.result(reason);
 }

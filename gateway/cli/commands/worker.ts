@@ -19,6 +19,7 @@ interface WorkerFlags {
   drainTimeoutMs: number;
   logLevel: string;
   fetchBandwidth: number | null;
+  fetchStallTimeout: number;
   loadOverlap: boolean;
 }
 
@@ -69,7 +70,7 @@ export function registerWorkerCommand(program: Command): void {
     .addOption(new Option('--port <port>', 'gRPC port (0: any free port)').default(7070).argParser(parsePort).env('PARASERVE_PORT'))
     .addOption(new Option('--backend <backend>', 'compute backend').choices(['auto', 'cpu', 'cuda']).default('auto').env('PARASERVE_BACKEND'))
     .addOption(
-      new Option('--host-cache-bytes <size>', 'cap of the host-memory model cache, e.g. 8GiB')
+      new Option('--host-cache-bytes <size>', 'size of the host-memory model cache (allocated at start, pinned on GPUs), e.g. 8GiB')
         .default(4 * 1024 ** 3, '4GiB')
         .argParser(parseBytes)
         .env('PARASERVE_HOST_CACHE_BYTES'),
@@ -91,6 +92,12 @@ export function registerWorkerCommand(program: Command): void {
         .default(null, 'unlimited')
         .argParser(parseBandwidth)
         .env('PARASERVE_FETCH_BANDWIDTH'),
+    )
+    .addOption(
+      new Option('--fetch-stall-timeout <ms>', 'fail a model fetch when its source sends nothing for this long')
+        .default(30_000)
+        .argParser(parseIntIn(100, 3_600_000))
+        .env('PARASERVE_FETCH_STALL_TIMEOUT_MS'),
     )
     .addOption(
       new Option(
@@ -118,6 +125,7 @@ export function registerWorkerCommand(program: Command): void {
         drainTimeoutMs: flags.drainTimeoutMs,
         logLevel: flags.logLevel,
         fetchBandwidthBytesPerS: flags.fetchBandwidth,
+        fetchStallTimeoutMs: flags.fetchStallTimeout,
         loadOverlap: flags.loadOverlap && envOverlap,
       });
       announceReady({ type: 'paraserve:ready', role: 'worker', url: null, id: worker.id, address: worker.address });
