@@ -7,18 +7,18 @@
 // as a plain serverless container does. A second request on the warm instance gives warm TTFT.
 // Every process runs through the CLI under the Supervisor, on loopback, and is stopped before
 // the next configuration starts.
-//   npm run build && node dist/bench/coldstart.js [--preset demo] [--fetch-bandwidth 4MB] [--degrees 1,2,4] [--repeats 3]
+//   npm run build && node dist/bench/coldstart.js [--preset demo] [--fetch-bandwidth 4MB] [--degrees 1,2,4] [--repeats 3] [--gpus N]
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
+import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
-import { Agent, request } from 'undici';
-import { Supervisor, type SupervisedChild } from '../gateway/cli/supervisor.js';
+import type { SupervisedChild } from '../gateway/cli/supervisor.js';
 import { parseBandwidth } from '../gateway/cli/commands/worker.js';
 import { hashModelFiles, type HashedFile } from '../worker/models/inspect.js';
 import { openModelSource } from '../worker/models/source.js';
 import { writeSyntheticModel } from '../worker/models/synthetic.js';
+import { benchProcesses, closeBenchHttp, getJson, postJson, streamCompletion, waitFor, type Completion } from './cluster.js';
 
 const { values: flags } = parseArgs({
   options: {
@@ -29,6 +29,7 @@ const { values: flags } = parseArgs({
     backend: { type: 'string', default: 'auto' },
     'chunk-bytes': { type: 'string', default: '65536' },
     repeats: { type: 'string', default: '3' },
+    gpus: { type: 'string', default: '0' },
   },
 });
 const BANDWIDTH_FLAG = flags['fetch-bandwidth']!;
@@ -38,6 +39,12 @@ const MAX_TOKENS = Number(flags['max-tokens']);
 /** Cold starts per configuration, each with fresh processes; the table shows the median's. */
 const REPEATS = Number(flags.repeats);
 /**
+ * GPUs of the machine: worker i of a pipeline sees only GPU i mod --gpus (one "server" per
+ * GPU, as the benchmark emulates servers on one multi-GPU machine); 0 leaves them alone.
+ */
+const GPUS = Number(flags.gpus);
+const gpuOf = (worker: number): NodeJS.ProcessEnv => (GPUS > 0 ? { CUDA_VISIBLE_DEVICES: String(worker % GPUS) } : {});
+/**
  * Integrity chunk size the bench registers the files with. A worker fetches whole chunks, so
  * with the gateway's default (4 MiB) a model of a few MB is one or two chunks and every stage
  * fetches nearly all of it; small chunks keep the CPU-scale model splittable as a 7B one is.
@@ -45,9 +52,7 @@ const REPEATS = Number(flags.repeats);
  */
 const CHUNK_BYTES = Number(flags['chunk-bytes']);
 const PROMPT = 'Serverless inference keeps many models in host memory and swaps them onto GPUs per request.';
-const ADMIN_TOKEN = 'bench-admin';
 const MODEL = 'bench';
-const STEP_TIMEOUT_MS = 60_000;
 /** Targets from issue 4. */
 const FLOOR_FACTOR = 1.2;
 const FLOOR_SLACK_MS = 500;
@@ -61,9 +66,6 @@ function requireCap(bytesPerS: number | null): number {
   if (bytesPerS === null) throw new Error('--fetch-bandwidth must be a cap: the floor S/(k·B) needs B');
   return bytesPerS;
 }
-
-const http = new Agent({ connections: 8 });
-const auth = { authorization: `Bearer ${ADMIN_TOKEN}` };
 
 interface WorkerView {
   id: string;
@@ -84,68 +86,24 @@ interface TraceReply {
   };
 }
 
-async function getJson<T>(url: string): Promise<T> {
-  const res = await request(url, { dispatcher: http, headers: auth });
-  if (res.statusCode !== 200) throw new Error(`GET ${url}: ${res.statusCode} ${await res.body.text()}`);
-  return (await res.body.json()) as T;
-}
-
-async function postJson<T>(url: string, body: unknown, expected: number): Promise<T> {
-  const res = await request(url, { method: 'POST', dispatcher: http, headers: { ...auth, 'content-type': 'application/json' }, body: JSON.stringify(body) });
-  if (res.statusCode !== expected) throw new Error(`POST ${url}: ${res.statusCode} ${await res.body.text()}`);
-  return (await res.body.json()) as T;
-}
-
-/** Polls the gateway's view until the probe answers (bounded). */
-async function waitFor<T>(what: string, probe: () => Promise<T | null>): Promise<T> {
-  const deadline = Date.now() + STEP_TIMEOUT_MS;
-  for (;;) {
-    const value = await probe();
-    if (value !== null) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
-
-interface Completion {
-  /** performance.now() when the request was sent. */
-  startedAt: number;
+interface TimedCompletion extends Completion {
   ttftMs: number;
-  totalMs: number;
   requestId: string;
 }
 
-/** One streamed completion; TTFT is when the first SSE event with text reached this client. */
-async function complete(gatewayUrl: string): Promise<Completion> {
-  const start = performance.now();
-  const res = await request(`${gatewayUrl}/v1/completions`, {
-    method: 'POST',
-    dispatcher: http,
-    headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ model: MODEL, prompt: PROMPT, max_tokens: MAX_TOKENS, temperature: 0, stream: true }),
-    headersTimeout: STEP_TIMEOUT_MS,
-    bodyTimeout: STEP_TIMEOUT_MS,
-  });
-  if (res.statusCode !== 200) throw new Error(`completion: ${res.statusCode} ${await res.body.text()}`);
-  const requestId = res.headers['x-paraserve-request-id'];
-  if (typeof requestId !== 'string') throw new Error('completion: no x-paraserve-request-id header');
-  let ttftMs: number | null = null;
-  let text = '';
-  for await (const chunk of res.body) {
-    text += (chunk as Buffer).toString('utf8');
-    if (ttftMs === null && /^data: \{/m.test(text)) ttftMs = performance.now() - start;
-  }
-  if (ttftMs === null) throw new Error(`completion: no event in the stream: ${text.slice(0, 200)}`);
-  if (!text.includes('data: [DONE]')) throw new Error(`completion: the stream did not finish: ${text.slice(-200)}`);
-  return { startedAt: start, ttftMs, totalMs: performance.now() - start, requestId };
+/** One streamed completion of the bench model; throws unless it succeeded. */
+async function complete(gatewayUrl: string): Promise<TimedCompletion> {
+  const c = await streamCompletion(gatewayUrl, { model: MODEL, prompt: PROMPT, max_tokens: MAX_TOKENS, temperature: 0 });
+  if (c.status !== 200 || c.ttftMs === null || c.requestId === null) throw new Error(`completion: ${c.status} ${c.error ?? ''}`);
+  return { ...c, ttftMs: c.ttftMs, requestId: c.requestId };
 }
 
 interface Run {
   label: string;
   k: number;
   overlap: boolean;
-  cold: Completion;
-  warm: Completion;
+  cold: TimedCompletion;
+  warm: TimedCompletion;
   trace: TraceReply;
   /** Bytes of the largest stage (its worker's host copy). */
   largestStageBytes: number;
@@ -170,37 +128,22 @@ async function main(): Promise<void> {
   const written = await writeSyntheticModel({ dir: modelDir, preset: flags.preset!, seed: 0, dtype: null, sharded: false }, null);
   const files: HashedFile[] | null =
     CHUNK_BYTES === 0 ? null : await hashModelFiles(openModelSource(pathToFileURL(modelDir).href), written.files, null, CHUNK_BYTES);
-  const cli = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'gateway', 'cli', 'main.js');
-  const supervisor = new Supervisor([cli], (child, exit) => {
-    console.error(`${child.name} exited unexpectedly (${JSON.stringify(exit)}); log: ${child.logFile}`);
-    supervisor.killAll();
-    process.exit(1);
-  });
-  const env = { ...process.env, PARASERVE_ADMIN_TOKEN: ADMIN_TOKEN };
-  const started: SupervisedChild[] = [];
-  const startChild = (name: string, args: string[]): SupervisedChild => {
-    const child = supervisor.start({ name, args, env, logFile: path.join(dir, `${name}.log`) });
-    started.push(child);
-    return child;
-  };
-  const stopAll = async (): Promise<void> => {
-    for (const child of started.splice(0).reverse()) await supervisor.stop(child, 10_000);
-  };
+  const processes = benchProcesses(dir);
+  const startChild = (name: string, env: NodeJS.ProcessEnv, args: string[]): SupervisedChild => processes.start(name, args, env);
 
-  const store = startChild('store', ['store', 'serve', '--root', storeRoot, '--port', '0']);
+  const store = startChild('store', {}, ['store', 'serve', '--root', storeRoot, '--port', '0']);
   const storeUrl = (await store.ready(30_000)).url!;
-  const storeChild = started.splice(0);
   let modelBytes = 0;
 
   /** A fresh gateway of degree k and k fresh workers; one cold and one warm request. */
   const measure = async (label: string, k: number, overlap: boolean, runIndex: number): Promise<Run> => {
     const dataDir = path.join(dir, `gateway-${runIndex}`);
-    const gateway = startChild(`gateway-${runIndex}`, [
+    const gateway = startChild(`gateway-${runIndex}`, {}, [
       'gateway', '--port', '0', '--data-dir', dataDir, '--log-level', 'warn', '--pipeline-degree', String(k),
     ]);
     const gatewayUrl = (await gateway.ready(30_000)).url!;
     const workers = Array.from({ length: k }, (_, i) =>
-      startChild(`worker-${runIndex}-${i}`, [
+      startChild(`worker-${runIndex}-${i}`, gpuOf(i), [
         'worker', '--gateway', gatewayUrl, '--port', '0', '--id', `w${runIndex}-${i}`, '--backend', flags.backend!,
         '--fetch-bandwidth', BANDWIDTH_FLAG, '--log-level', 'warn', ...(overlap ? [] : ['--no-load-overlap']),
       ]),
@@ -237,7 +180,7 @@ async function main(): Promise<void> {
             return whole ? performance.now() - cold.startedAt : null;
           });
     const warm = await complete(gatewayUrl);
-    await stopAll();
+    await processes.stop([gateway, ...workers]);
     return {
       label,
       k,
@@ -262,10 +205,8 @@ async function main(): Promise<void> {
       runs.push(median(repeats));
     }
   } finally {
-    await stopAll();
-    started.push(...storeChild);
-    await stopAll();
-    await http.close();
+    await processes.stop();
+    await closeBenchHttp();
     await rm(dir, { recursive: true, force: true });
   }
 

@@ -52,6 +52,7 @@ t.test('expected tensors and shapes', async (t) => {
   t.equal(params(configOf('llama-1b')), 1_235_814_400);
   t.equal(params(configOf('llama-3b')), 3_212_749_824);
   t.equal(params(configOf('llama-8b')), 8_030_261_248);
+  t.equal(params(configOf('llama-100m')), 100_092_672);
 });
 
 t.test('whole model plan in layer order', async (t) => {

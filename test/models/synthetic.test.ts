@@ -176,7 +176,7 @@ t.test('progress and presets', async (t) => {
   t.ok(seen.every(([done], i) => i === 0 || done > (seen[i - 1]?.[0] ?? 0)), 'done increases');
   t.same(seen.at(-1), [total, total]);
 
-  t.same(Object.keys(MODEL_PRESETS).sort(), ['demo', 'llama-13b', 'llama-1b', 'llama-3b', 'llama-7b', 'llama-8b', 'tiny-llama2', 'tiny-llama3', 'tiny-mistral', 'tiny-qwen2']);
+  t.same(Object.keys(MODEL_PRESETS).sort(), ['demo', 'llama-100m', 'llama-13b', 'llama-1b', 'llama-3b', 'llama-7b', 'llama-8b', 'tiny-llama2', 'tiny-llama3', 'tiny-mistral', 'tiny-qwen2']);
   await t.rejects(writeSyntheticModel({ dir: freshDir(), preset: 'gpt-5', seed: 0, dtype: null, sharded: false }, null), { name: 'RangeError', message: /unknown preset gpt-5/ });
   await t.rejects(writeSyntheticModel({ dir: freshDir(), preset: 'demo', seed: -1, dtype: null, sharded: false }, null), RangeError);
 });

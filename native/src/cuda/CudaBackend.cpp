@@ -157,15 +157,17 @@ double timedCopy(void* target, const void* source, uint64_t bytes, cudaMemcpyKin
 double CudaBackend::measureHostToDevice(const HostBuffer& buffer, int64_t device) {
   requireDevice(device);
   cuda::useDevice(static_cast<int>(device));
-  cuda::DeviceBuffer target(buffer.bytes(), "host-to-device benchmark");
+  cuda::DeviceBuffer target(buffer.bytes(), "host-to-device benchmark", nullptr);
+  PARASERVE_CUDA_CHECK(cudaStreamSynchronize(nullptr));
   return timedCopy(target.data(), buffer.data(), buffer.bytes(), cudaMemcpyHostToDevice);
 }
 
 double CudaBackend::measureDeviceMemory(int64_t device, uint64_t bytes) {
   requireDevice(device);
   cuda::useDevice(static_cast<int>(device));
-  cuda::DeviceBuffer source(bytes, "device memory benchmark (source)");
-  cuda::DeviceBuffer target(bytes, "device memory benchmark (target)");
+  cuda::DeviceBuffer source(bytes, "device memory benchmark (source)", nullptr);
+  cuda::DeviceBuffer target(bytes, "device memory benchmark (target)", nullptr);
+  PARASERVE_CUDA_CHECK(cudaStreamSynchronize(nullptr));
   return timedCopy(target.data(), source.data(), bytes, cudaMemcpyDeviceToDevice);
 }
 

@@ -34,11 +34,15 @@ inline void check(cublasStatus_t status, const char* what) {
 inline void useDevice(int device) { check(cudaSetDevice(device), "cudaSetDevice"); }
 
 // Device memory owned by one object; freed on destruction (failures there are only logged:
-// a destructor cannot report them).
+// a destructor cannot report them). Memory comes from the device's stream-ordered pool,
+// which keeps freed memory for the next allocation instead of returning it to the driver:
+// a model swapped out and another swapped in reuse the same memory without a cudaMalloc
+// on the request's path. Usable on `stream` at once, on other streams once ordered after
+// it; the owner must have synchronised every stream that used it before destruction.
 class DeviceBuffer {
  public:
   DeviceBuffer() = default;
-  DeviceBuffer(uint64_t bytes, const char* what);
+  DeviceBuffer(uint64_t bytes, const char* what, cudaStream_t stream);
   ~DeviceBuffer();
   DeviceBuffer(DeviceBuffer&& other) noexcept;
   DeviceBuffer& operator=(DeviceBuffer&& other) noexcept;

@@ -26,7 +26,7 @@ namespace {
 constexpr int64_t kMaxPassTokens = 512;
 // Host-to-device copies are issued in pieces of this size: large enough to run at the
 // PCIe limit, small enough that the copy stream interleaves with other stages' copies.
-constexpr uint64_t kCopyChunkBytes = 16ull << 20;
+constexpr uint64_t kCopyChunkBytes = 32ull << 20;
 // Smallest KV cache of a sequence, in positions; it then doubles up to maxContext.
 constexpr int64_t kMinCapacity = 64;
 constexpr uint64_t kScratchAlignment = 256;
@@ -60,18 +60,38 @@ class ScratchCarver {
 
 }  // namespace
 
-DeviceBuffer::DeviceBuffer(uint64_t bytes, const char* what) : bytes_(bytes) {
+// Keeps freed memory in the device's default pool (see DeviceBuffer); once per device.
+void keepPoolMemory(int device) {
+  cudaMemPool_t pool = nullptr;
+  check(cudaDeviceGetDefaultMemPool(&pool, device), "cudaDeviceGetDefaultMemPool");
+  uint64_t keepAll = UINT64_MAX;
+  check(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keepAll), "cudaMemPoolSetAttribute");
+}
+
+DeviceBuffer::DeviceBuffer(uint64_t bytes, const char* what, cudaStream_t stream) : bytes_(bytes) {
   if (bytes == 0) return;
   void* data = nullptr;
-  const cudaError_t status = cudaMalloc(&data, static_cast<size_t>(bytes));
+  cudaError_t status = cudaMallocAsync(&data, static_cast<size_t>(bytes), stream);
+  if (status == cudaErrorMemoryAllocation) {
+    // Memory the pool keeps but nobody uses may be in pieces of the wrong size: give it back
+    // to the driver and try once more.
+    cudaGetLastError();
+    int device = 0;
+    cudaMemPool_t pool = nullptr;
+    if (cudaGetDevice(&device) == cudaSuccess && cudaDeviceGetDefaultMemPool(&pool, device) == cudaSuccess &&
+        cudaDeviceSynchronize() == cudaSuccess) {
+      cudaMemPoolTrimTo(pool, 0);
+    }
+    status = cudaMallocAsync(&data, static_cast<size_t>(bytes), stream);
+  }
   if (status != cudaSuccess) {
     cudaGetLastError();
     size_t freeBytes = 0;
     size_t totalBytes = 0;
     cudaMemGetInfo(&freeBytes, &totalBytes);
     cudaGetLastError();
-    const std::string message = std::string("cudaMalloc of ") + std::to_string(bytes) + " bytes for " + what +
-                                " failed: " + cudaGetErrorString(status) + " (" + std::to_string(freeBytes) +
+    const std::string message = std::string("allocating ") + std::to_string(bytes) + " bytes of device memory for " +
+                                what + " failed: " + cudaGetErrorString(status) + " (" + std::to_string(freeBytes) +
                                 " of " + std::to_string(totalBytes) + " bytes free on the device)";
     if (status == cudaErrorMemoryAllocation) throw OutOfMemoryError(message);
     throw CudaError(message);
@@ -81,8 +101,10 @@ DeviceBuffer::DeviceBuffer(uint64_t bytes, const char* what) : bytes_(bytes) {
 
 DeviceBuffer::~DeviceBuffer() {
   if (data_ == nullptr) return;
-  const cudaError_t status = cudaFree(data_);
-  if (status != cudaSuccess) std::fprintf(stderr, "paraserve native: cudaFree failed: %s\n", cudaGetErrorString(status));
+  const cudaError_t status = cudaFreeAsync(data_, nullptr);
+  if (status != cudaSuccess) {
+    std::fprintf(stderr, "paraserve native: cudaFreeAsync failed: %s\n", cudaGetErrorString(status));
+  }
 }
 
 DeviceBuffer::DeviceBuffer(DeviceBuffer&& other) noexcept : data_(other.data_), bytes_(other.bytes_) {
@@ -110,10 +132,6 @@ CudaStage::CudaStage(const StageSpec& spec)
   const int64_t hidden = spec.hiddenSize;
   const int64_t qkvRows = (spec.numAttentionHeads + 2 * spec.numKeyValueHeads) * spec.headDim;
   const int64_t layerCount = spec.layerEnd - spec.layerStart;
-  const auto weights = [this](int64_t elements, const char* what) {
-    weightBytes_ += static_cast<uint64_t>(elements) * actSize_;
-    return DeviceBuffer(static_cast<uint64_t>(elements) * actSize_, what);
-  };
   try {
     check(cudaStreamCreateWithFlags(&compute_, cudaStreamNonBlocking), "cudaStreamCreate (compute)");
     check(cudaStreamCreateWithFlags(&copy_, cudaStreamNonBlocking), "cudaStreamCreate (copy)");
@@ -123,30 +141,39 @@ CudaStage::CudaStage(const StageSpec& spec)
     for (cudaEvent_t& event : ready_) check(cudaEventCreateWithFlags(&event, cudaEventDisableTiming), "cudaEventCreate");
 
     const std::vector<float> invFreq = ropeInverseFrequencies(spec.headDim, spec.ropeTheta, spec.rope);
-    invFreq_ = DeviceBuffer(invFreq.size() * sizeof(float), "rotary frequencies");
+    keepPoolMemory(device_);
+    decodePosition_ = DeviceBuffer(sizeof(int64_t), "decode position", compute_);
+    invFreq_ = DeviceBuffer(invFreq.size() * sizeof(float), "rotary frequencies", compute_);
+    check(cudaStreamSynchronize(compute_), "cudaStreamSynchronize (allocation)");
     check(cudaMemcpy(invFreq_.data(), invFreq.data(), invFreq.size() * sizeof(float), cudaMemcpyHostToDevice),
           "cudaMemcpy (rotary frequencies)");
 
-    if (spec.hasEmbeddings || (spec.hasHead && spec.tieWordEmbeddings)) {
-      embed_ = weights(spec.vocabSize * hidden, "embeddings");
-    }
-    for (int64_t i = 0; i < layerCount; ++i) {
-      Layer layer;
-      layer.inputNorm = weights(hidden, "input norm");
-      layer.qkv = weights(qkvRows * hidden, "q/k/v projections");
-      if (spec.attentionBias) layer.qkvBias = weights(qkvRows, "q/k/v biases");
-      layer.wo = weights(hidden * spec.numAttentionHeads * spec.headDim, "o projection");
-      layer.postNorm = weights(hidden, "post-attention norm");
-      layer.gateUp = weights(2 * spec.intermediateSize * hidden, "gate/up projections");
-      layer.down = weights(hidden * spec.intermediateSize, "down projection");
-      layers_.push_back(std::move(layer));
-    }
-    if (spec.hasHead) {
-      norm_ = weights(hidden, "final norm");
-      if (!spec.tieWordEmbeddings) lmHead_ = weights(spec.vocabSize * hidden, "LM head");
+    // Every weight in one allocation: a swap-in pays for one cudaMalloc, not hundreds.
+    // Offsets first (a dry run of the same carving), then the real pointers.
+    for (int pass = 0; pass < 2; ++pass) {
+      uint64_t used = 0;
+      const auto take = [&](int64_t elements) -> uint8_t* {
+        uint8_t* at = weights_.data() == nullptr ? nullptr : weights_.data() + used;
+        used += (static_cast<uint64_t>(elements) * actSize_ + kScratchAlignment - 1) / kScratchAlignment *
+                kScratchAlignment;
+        return at;
+      };
+      layers_.assign(static_cast<size_t>(layerCount), Layer{});
+      embed_ = spec.hasEmbeddings || (spec.hasHead && spec.tieWordEmbeddings) ? take(spec.vocabSize * hidden) : nullptr;
+      for (Layer& layer : layers_) {
+        layer.inputNorm = take(hidden);
+        layer.qkv = take(qkvRows * hidden);
+        layer.qkvBias = spec.attentionBias ? take(qkvRows) : nullptr;
+        layer.wo = take(hidden * spec.numAttentionHeads * spec.headDim);
+        layer.postNorm = take(hidden);
+        layer.gateUp = take(2 * spec.intermediateSize * hidden);
+        layer.down = take(hidden * spec.intermediateSize);
+      }
+      norm_ = spec.hasHead ? take(hidden) : nullptr;
+      lmHead_ = spec.hasHead && !spec.tieWordEmbeddings ? take(spec.vocabSize * hidden) : nullptr;
+      if (pass == 0) weights_ = DeviceBuffer(used, "weights", copy_);
     }
   } catch (...) {
-    layers_.clear();
     for (cudaEvent_t event : ready_) {
       if (event != nullptr) cudaEventDestroy(event);
     }
@@ -166,8 +193,8 @@ CudaStage::~CudaStage() {
     cudaStreamSynchronize(copy_);
     cudaStreamSynchronize(compute_);
   }
+  decodeGraphs_.clear();
   sequences_.clear();
-  layers_.clear();
   for (cudaEvent_t event : ready_) cudaEventDestroy(event);
   cublasDestroy(blas_);
   cudaStreamDestroy(copy_);
@@ -183,11 +210,11 @@ CudaStage::Destination CudaStage::destinationFor(const std::string& name) {
   const uint64_t inter = static_cast<uint64_t>(spec_.intermediateSize);
   switch (role.part) {
     case TensorPart::Embeddings:
-      return {embed_.data(), 0};
+      return {embed_, 0};
     case TensorPart::FinalNorm:
-      return {norm_.data(), ready_.size() - 1};
+      return {norm_, ready_.size() - 1};
     case TensorPart::LmHead:
-      return {lmHead_.data(), ready_.size() - 1};
+      return {lmHead_, ready_.size() - 1};
     default:
       break;
   }
@@ -195,29 +222,29 @@ CudaStage::Destination CudaStage::destinationFor(const std::string& name) {
   const size_t event = static_cast<size_t>(role.layer) + 1;
   switch (role.part) {
     case TensorPart::InputNorm:
-      return {layer.inputNorm.data(), event};
+      return {layer.inputNorm, event};
     case TensorPart::Wq:
-      return {layer.qkv.data(), event};
+      return {layer.qkv, event};
     case TensorPart::Wk:
-      return {layer.qkv.data() + qRows * hidden * actSize_, event};
+      return {layer.qkv + qRows * hidden * actSize_, event};
     case TensorPart::Wv:
-      return {layer.qkv.data() + (qRows + kvRows) * hidden * actSize_, event};
+      return {layer.qkv + (qRows + kvRows) * hidden * actSize_, event};
     case TensorPart::Bq:
-      return {layer.qkvBias.data(), event};
+      return {layer.qkvBias, event};
     case TensorPart::Bk:
-      return {layer.qkvBias.data() + qRows * actSize_, event};
+      return {layer.qkvBias + qRows * actSize_, event};
     case TensorPart::Bv:
-      return {layer.qkvBias.data() + (qRows + kvRows) * actSize_, event};
+      return {layer.qkvBias + (qRows + kvRows) * actSize_, event};
     case TensorPart::Wo:
-      return {layer.wo.data(), event};
+      return {layer.wo, event};
     case TensorPart::PostNorm:
-      return {layer.postNorm.data(), event};
+      return {layer.postNorm, event};
     case TensorPart::WGate:
-      return {layer.gateUp.data(), event};
+      return {layer.gateUp, event};
     case TensorPart::WUp:
-      return {layer.gateUp.data() + inter * hidden * actSize_, event};
+      return {layer.gateUp + inter * hidden * actSize_, event};
     default:
-      return {layer.down.data(), event};
+      return {layer.down, event};
   }
 }
 
@@ -237,7 +264,7 @@ void CudaStage::bindTensor(const TensorBinding& binding) {
   if (binding.dtype != act_) {
     if (convertStaging_.bytes() < sourceBytes) {
       check(cudaStreamSynchronize(copy_), "cudaStreamSynchronize (copy)");
-      convertStaging_ = DeviceBuffer(sourceBytes, "dtype conversion staging");
+      convertStaging_ = DeviceBuffer(sourceBytes, "dtype conversion staging", copy_);
     }
     landing = convertStaging_.data();
   }
@@ -337,7 +364,7 @@ void CudaStage::ensureScratch(uint64_t bytes) {
   if (scratch_.bytes() >= bytes) return;
   check(cudaStreamSynchronize(compute_), "cudaStreamSynchronize (compute)");
   scratch_ = DeviceBuffer();
-  scratch_ = DeviceBuffer(bytes + bytes / 4, "forward scratch");
+  scratch_ = DeviceBuffer(bytes + bytes / 4, "forward scratch", compute_);
   scratchBytes_ = scratch_.bytes();
 }
 
@@ -348,7 +375,7 @@ void CudaStage::ensureCapacity(Sequence& sequence, int64_t positions) {
   capacity = std::min(capacity, spec_.maxContext);
   const uint64_t rowBytes = static_cast<uint64_t>(spec_.numKeyValueHeads * spec_.headDim) * actSize_;
   const uint64_t planeBytes = static_cast<uint64_t>(capacity) * rowBytes;
-  DeviceBuffer grown(planeBytes * 2 * layers_.size(), "KV cache");
+  DeviceBuffer grown(planeBytes * 2 * layers_.size(), "KV cache", compute_);
   const uint64_t oldPlaneBytes = static_cast<uint64_t>(sequence.capacity) * rowBytes;
   const uint64_t keptBytes = static_cast<uint64_t>(sequence.length) * rowBytes;
   for (size_t plane = 0; keptBytes > 0 && plane < 2 * layers_.size(); ++plane) {
@@ -376,6 +403,14 @@ uint8_t* CudaStage::valuesOf(const Sequence& sequence, size_t layer) const {
 
 void CudaStage::linear(const void* in, const void* weight, int64_t rows, int64_t inFeatures, int64_t outFeatures,
                        void* out, bool outFp32, bool accumulate) {
+  if (outFp32 && rows <= kMaxGemvRows) {
+    const cudaError_t status =
+        launchGemv(weight, in, act_, rows, inFeatures, outFeatures, static_cast<float*>(out), accumulate, compute_);
+    if (status != cudaErrorNotSupported) {
+      check(status, "matrix-vector kernel (linear)");
+      return;
+    }
+  }
   const float alpha = 1.0f;
   const float beta = accumulate ? 1.0f : 0.0f;
   const cudaDataType type = cudaTypeOf(act_);
@@ -386,8 +421,8 @@ void CudaStage::linear(const void* in, const void* weight, int64_t rows, int64_t
         "cublasGemmEx (linear)");
 }
 
-void CudaStage::attention(const Segment& segment, int64_t position, Sequence& sequence, size_t layer, int64_t row,
-                          uint8_t* q16, float* scores, uint8_t* probabilities, uint8_t* attnOut) {
+void CudaStage::attention(const PassBuffers& buffers, const Segment& segment, int64_t position, Sequence& sequence,
+                          size_t layer, int64_t row, const int64_t* positionOnDevice) {
   const int64_t heads = spec_.numAttentionHeads;
   const int64_t kvHeads = spec_.numKeyValueHeads;
   const int64_t headDim = spec_.headDim;
@@ -398,26 +433,36 @@ void CudaStage::attention(const Segment& segment, int64_t position, Sequence& se
   const float scale = 1.0f / std::sqrt(static_cast<float>(headDim));
   const float zero = 0.0f;
   const float one = 1.0f;
-  const uint8_t* segmentQ = q16 + static_cast<uint64_t>(row * heads * headDim) * actSize_;
-  uint8_t* segmentOut = attnOut + static_cast<uint64_t>(row * heads * headDim) * actSize_;
+  const uint8_t* segmentQ = buffers.q16 + static_cast<uint64_t>(row * heads * headDim) * actSize_;
+  uint8_t* segmentOut = buffers.attnOut + static_cast<uint64_t>(row * heads * headDim) * actSize_;
+  if (count == 1) {
+    const int64_t maxKeys = positionOnDevice != nullptr ? sequence.capacity : keys;
+    const cudaError_t status =
+        launchDecodeAttention(segmentQ, keysOf(sequence, layer), valuesOf(sequence, layer), heads, kvHeads, headDim,
+                              keys, positionOnDevice, maxKeys, segmentOut, act_, compute_);
+    if (status != cudaErrorNotSupported) {
+      check(status, "decode attention kernel");
+      return;
+    }
+  }
   // Query head h = g * group + j reads kv head g: one strided batch over g per j.
   for (int64_t j = 0; j < group; ++j) {
     check(cublasGemmStridedBatchedEx(
               blas_, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(keys), static_cast<int>(count),
               static_cast<int>(headDim), &scale, keysOf(sequence, layer), type, static_cast<int>(kvHeads * headDim),
               headDim, segmentQ + static_cast<uint64_t>(j * headDim) * actSize_, type,
-              static_cast<int>(heads * headDim), group * headDim, &zero, scores + j * count * keys, CUDA_R_32F,
+              static_cast<int>(heads * headDim), group * headDim, &zero, buffers.scores + j * count * keys, CUDA_R_32F,
               static_cast<int>(keys), group * count * keys, static_cast<int>(kvHeads), CUBLAS_COMPUTE_32F,
               CUBLAS_GEMM_DEFAULT),
           "cublasGemmStridedBatchedEx (attention scores)");
   }
-  check(launchCausalSoftmax(scores, heads, count, keys, position, probabilities, act_, compute_),
+  check(launchCausalSoftmax(buffers.scores, heads, count, keys, position, buffers.probabilities, act_, compute_),
         "softmax kernel");
   for (int64_t j = 0; j < group; ++j) {
     check(cublasGemmStridedBatchedEx(
               blas_, CUBLAS_OP_N, CUBLAS_OP_N, static_cast<int>(headDim), static_cast<int>(count),
               static_cast<int>(keys), &one, valuesOf(sequence, layer), type, static_cast<int>(kvHeads * headDim),
-              headDim, probabilities + static_cast<uint64_t>(j * count * keys) * actSize_, type,
+              headDim, buffers.probabilities + static_cast<uint64_t>(j * count * keys) * actSize_, type,
               static_cast<int>(keys), group * count * keys, &zero,
               segmentOut + static_cast<uint64_t>(j * headDim) * actSize_, type, static_cast<int>(heads * headDim),
               group * headDim, static_cast<int>(kvHeads), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
@@ -425,8 +470,53 @@ void CudaStage::attention(const Segment& segment, int64_t position, Sequence& se
   }
 }
 
-void CudaStage::runPass(const std::vector<ForwardRequest>& requests, const std::vector<Segment>& segments,
-                        std::vector<std::vector<float>>& outputs) {
+CudaStage::PassBuffers CudaStage::carvePass(int64_t tokens, int64_t segmentCount, int64_t maxAttention) {
+  const int64_t hidden = spec_.hiddenSize;
+  const int64_t heads = spec_.numAttentionHeads;
+  const int64_t qkvWidth = (heads + 2 * spec_.numKeyValueHeads) * spec_.headDim;
+  const int64_t inter = spec_.intermediateSize;
+  const auto act = [this](int64_t elements) { return static_cast<uint64_t>(elements) * actSize_; };
+  const auto floats = [](int64_t elements) { return static_cast<uint64_t>(elements) * sizeof(float); };
+  // The attention scratch, whose size changes every step, comes last: every other pointer
+  // depends only on (tokens, segmentCount), so a captured decode graph stays valid.
+  const uint64_t sizes[] = {
+      floats(tokens),                               // tokenIds
+      floats(tokens * hidden),                      // x
+      act(tokens * hidden),                         // normed
+      floats(tokens * qkvWidth),                    // qkv
+      act(tokens * heads * spec_.headDim),          // q16
+      act(tokens * heads * spec_.headDim),          // attnOut
+      floats(tokens * 2 * inter),                   // gateUp
+      act(tokens * inter),                          // activated
+      floats(segmentCount * hidden),                // lastRows
+      act(segmentCount * hidden),                   // lastNormed
+      floats(segmentCount * spec_.vocabSize),       // logits
+      floats(heads * maxAttention),                 // scores
+      act(heads * maxAttention),                    // probabilities
+  };
+  uint64_t needed = 0;
+  for (uint64_t size : sizes) needed += (size + kScratchAlignment - 1) / kScratchAlignment * kScratchAlignment;
+  ensureScratch(needed);
+  ScratchCarver carve(scratch_.data());
+  PassBuffers b;
+  b.tokenIds = reinterpret_cast<int32_t*>(carve.take(sizes[0]));
+  b.x = reinterpret_cast<float*>(carve.take(sizes[1]));
+  b.normed = carve.take(sizes[2]);
+  b.qkv = reinterpret_cast<float*>(carve.take(sizes[3]));
+  b.q16 = carve.take(sizes[4]);
+  b.attnOut = carve.take(sizes[5]);
+  b.gateUp = reinterpret_cast<float*>(carve.take(sizes[6]));
+  b.activated = carve.take(sizes[7]);
+  b.lastRows = reinterpret_cast<float*>(carve.take(sizes[8]));
+  b.lastNormed = carve.take(sizes[9]);
+  b.logits = reinterpret_cast<float*>(carve.take(sizes[10]));
+  b.scores = reinterpret_cast<float*>(carve.take(sizes[11]));
+  b.probabilities = carve.take(sizes[12]);
+  return b;
+}
+
+void CudaStage::enqueuePass(const std::vector<ForwardRequest>& requests, const std::vector<Segment>& segments,
+                            const PassBuffers& b, int64_t tokens, const int64_t* positionOnDevice, bool waitForLayers) {
   const int64_t hidden = spec_.hiddenSize;
   const int64_t heads = spec_.numAttentionHeads;
   const int64_t kvHeads = spec_.numKeyValueHeads;
@@ -434,40 +524,112 @@ void CudaStage::runPass(const std::vector<ForwardRequest>& requests, const std::
   const int64_t inter = spec_.intermediateSize;
   const int64_t qkvWidth = (heads + 2 * kvHeads) * headDim;
   const int64_t segmentCount = static_cast<int64_t>(segments.size());
+  const auto wait = [this, waitForLayers](size_t event, const char* what) {
+    if (waitForLayers) check(cudaStreamWaitEvent(compute_, ready_[event], 0), what);
+  };
+  if (spec_.hasEmbeddings) {
+    wait(0, "cudaStreamWaitEvent (embeddings)");
+    check(launchEmbed(b.tokenIds, tokens, embed_, act_, hidden, b.x, compute_), "embedding kernel");
+  }
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    const Layer& layer = layers_[l];
+    wait(l + 1, "cudaStreamWaitEvent (layer)");
+    check(launchRmsNorm(b.x, layer.inputNorm, act_, tokens, hidden, spec_.rmsNormEps, b.normed, compute_),
+          "input norm kernel");
+    linear(b.normed, layer.qkv, tokens, hidden, qkvWidth, b.qkv, true, false);
+    if (spec_.attentionBias) {
+      check(launchAddBias(b.qkv, layer.qkvBias, act_, tokens, qkvWidth, compute_), "bias kernel");
+    }
+    int64_t row = 0;
+    for (const Segment& segment : segments) {
+      const ForwardRequest& request = requests[segment.request];
+      const int64_t position = request.position + segment.offset;
+      Sequence& sequence = sequences_[request.sequence];
+      check(launchRopeAndCache(b.qkv + row * qkvWidth, segment.count, heads, kvHeads, headDim, position,
+                               positionOnDevice, reinterpret_cast<const float*>(invFreq_.data()),
+                               b.q16 + static_cast<uint64_t>(row * heads * headDim) * actSize_, keysOf(sequence, l),
+                               valuesOf(sequence, l), act_, compute_),
+            "rotary embedding kernel");
+      attention(b, segment, position, sequence, l, row, positionOnDevice);
+      row += segment.count;
+    }
+    linear(b.attnOut, layer.wo, tokens, heads * headDim, hidden, b.x, true, true);
+    check(launchRmsNorm(b.x, layer.postNorm, act_, tokens, hidden, spec_.rmsNormEps, b.normed, compute_),
+          "post-attention norm kernel");
+    linear(b.normed, layer.gateUp, tokens, hidden, 2 * inter, b.gateUp, true, false);
+    check(launchSwiGlu(b.gateUp, tokens, inter, b.activated, act_, compute_), "SwiGLU kernel");
+    linear(b.activated, layer.down, tokens, inter, hidden, b.x, true, true);
+  }
+  if (!spec_.hasHead) return;
+  int64_t row = 0;
+  for (int64_t s = 0; s < segmentCount; ++s) {
+    row += segments[static_cast<size_t>(s)].count;
+    check(cudaMemcpyAsync(b.lastRows + s * hidden, b.x + (row - 1) * hidden, hidden * sizeof(float),
+                          cudaMemcpyDeviceToDevice, compute_),
+          "cudaMemcpyAsync (last token)");
+  }
+  wait(ready_.size() - 1, "cudaStreamWaitEvent (head)");
+  if (spec_.tieWordEmbeddings) wait(0, "cudaStreamWaitEvent (tied head)");
+  check(launchRmsNorm(b.lastRows, norm_, act_, segmentCount, hidden, spec_.rmsNormEps, b.lastNormed, compute_),
+        "final norm kernel");
+  linear(b.lastNormed, spec_.tieWordEmbeddings ? embed_ : lmHead_, segmentCount, hidden, spec_.vocabSize, b.logits,
+         true, false);
+}
+
+bool CudaStage::usesDecodeKernel(int64_t count, int64_t keys) const {
+  return count == 1 && keys <= kMaxDecodeKeys && spec_.headDim <= 256;
+}
+
+bool CudaStage::copiesLanded() {
+  releaseLandedHostBuffers();
+  if (!copiesInFlight_.empty()) return false;
+  const cudaError_t status = cudaStreamQuery(copy_);
+  if (status == cudaErrorNotReady) return false;
+  check(status, "cudaStreamQuery (copy)");
+  return true;
+}
+
+void CudaStage::launchDecodeGraph(const ForwardRequest& request, Sequence& sequence, const PassBuffers& buffers) {
+  DecodeGraph& graph = decodeGraphs_[request.sequence];
+  if (graph.exec == nullptr || graph.cache != sequence.cache.data() || graph.capacity != sequence.capacity ||
+      graph.scratch != scratch_.data()) {
+    graph = DecodeGraph{};
+    cudaGraph_t captured = nullptr;
+    check(cudaStreamBeginCapture(compute_, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
+    try {
+      enqueuePass({request}, {Segment{0, 0, 1}}, buffers, 1,
+                  reinterpret_cast<const int64_t*>(decodePosition_.data()), false);
+    } catch (...) {
+      cudaStreamEndCapture(compute_, &captured);
+      if (captured != nullptr) cudaGraphDestroy(captured);
+      cudaGetLastError();
+      throw;
+    }
+    check(cudaStreamEndCapture(compute_, &captured), "cudaStreamEndCapture");
+    const cudaError_t status = cudaGraphInstantiate(&graph.exec, captured, 0);
+    cudaGraphDestroy(captured);
+    check(status, "cudaGraphInstantiate");
+    graph.cache = sequence.cache.data();
+    graph.capacity = sequence.capacity;
+    graph.scratch = scratch_.data();
+  }
+  check(cudaGraphLaunch(graph.exec, compute_), "cudaGraphLaunch");
+}
+
+void CudaStage::runPass(const std::vector<ForwardRequest>& requests, const std::vector<Segment>& segments,
+                        std::vector<std::vector<float>>& outputs) {
+  const int64_t hidden = spec_.hiddenSize;
+  const int64_t segmentCount = static_cast<int64_t>(segments.size());
   int64_t tokens = 0;
   int64_t maxAttention = 0;
   for (const Segment& segment : segments) {
     const ForwardRequest& request = requests[segment.request];
     const int64_t end = request.position + segment.offset + segment.count;
-    Sequence& sequence = sequences_[request.sequence];
-    ensureCapacity(sequence, end);
+    ensureCapacity(sequences_[request.sequence], end);
     tokens += segment.count;
-    maxAttention = std::max(maxAttention, segment.count * end);
+    if (!usesDecodeKernel(segment.count, end)) maxAttention = std::max(maxAttention, segment.count * end);
   }
-
-  const auto sizeOfAct = [this](int64_t elements) { return static_cast<uint64_t>(elements) * actSize_; };
-  const auto sizeOfFloat = [](int64_t elements) { return static_cast<uint64_t>(elements) * sizeof(float); };
-  const uint64_t needed = 16 * kScratchAlignment + sizeOfFloat(tokens) + sizeOfFloat(tokens * hidden) +
-                          sizeOfAct(tokens * hidden) + sizeOfFloat(tokens * qkvWidth) +
-                          2 * sizeOfAct(tokens * heads * headDim) + sizeOfFloat(heads * maxAttention) +
-                          sizeOfAct(heads * maxAttention) + sizeOfFloat(tokens * 2 * inter) +
-                          sizeOfAct(tokens * inter) + sizeOfFloat(segmentCount * hidden) +
-                          sizeOfAct(segmentCount * hidden) + sizeOfFloat(segmentCount * spec_.vocabSize);
-  ensureScratch(needed);
-  ScratchCarver carve(scratch_.data());
-  auto* tokenIds = reinterpret_cast<int32_t*>(carve.take(sizeOfFloat(tokens)));
-  auto* x = reinterpret_cast<float*>(carve.take(sizeOfFloat(tokens * hidden)));
-  uint8_t* normed = carve.take(sizeOfAct(tokens * hidden));
-  auto* qkv = reinterpret_cast<float*>(carve.take(sizeOfFloat(tokens * qkvWidth)));
-  uint8_t* q16 = carve.take(sizeOfAct(tokens * heads * headDim));
-  uint8_t* attnOut = carve.take(sizeOfAct(tokens * heads * headDim));
-  auto* scores = reinterpret_cast<float*>(carve.take(sizeOfFloat(heads * maxAttention)));
-  uint8_t* probabilities = carve.take(sizeOfAct(heads * maxAttention));
-  auto* gateUp = reinterpret_cast<float*>(carve.take(sizeOfFloat(tokens * 2 * inter)));
-  uint8_t* activated = carve.take(sizeOfAct(tokens * inter));
-  auto* lastRows = reinterpret_cast<float*>(carve.take(sizeOfFloat(segmentCount * hidden)));
-  uint8_t* lastNormed = carve.take(sizeOfAct(segmentCount * hidden));
-  auto* logits = reinterpret_cast<float*>(carve.take(sizeOfFloat(segmentCount * spec_.vocabSize)));
+  const PassBuffers buffers = carvePass(tokens, segmentCount, maxAttention);
 
   if (spec_.hasEmbeddings) {
     std::vector<int32_t> ids;
@@ -476,68 +638,37 @@ void CudaStage::runPass(const std::vector<ForwardRequest>& requests, const std::
       const std::vector<int32_t>& all = requests[segment.request].tokens;
       ids.insert(ids.end(), all.begin() + segment.offset, all.begin() + segment.offset + segment.count);
     }
-    check(cudaMemcpyAsync(tokenIds, ids.data(), ids.size() * sizeof(int32_t), cudaMemcpyHostToDevice, compute_),
+    check(cudaMemcpyAsync(buffers.tokenIds, ids.data(), ids.size() * sizeof(int32_t), cudaMemcpyHostToDevice,
+                          compute_),
           "cudaMemcpyAsync (tokens)");
-    check(cudaStreamWaitEvent(compute_, ready_.front(), 0), "cudaStreamWaitEvent (embeddings)");
-    check(launchEmbed(tokenIds, tokens, embed_.data(), act_, hidden, x, compute_), "embedding kernel");
   } else {
     int64_t row = 0;
     for (const Segment& segment : segments) {
       const float* rows = requests[segment.request].hidden.data() + segment.offset * hidden;
-      check(cudaMemcpyAsync(x + row * hidden, rows, sizeOfFloat(segment.count * hidden), cudaMemcpyHostToDevice,
-                            compute_),
+      check(cudaMemcpyAsync(buffers.x + row * hidden, rows, segment.count * hidden * sizeof(float),
+                            cudaMemcpyHostToDevice, compute_),
             "cudaMemcpyAsync (hidden states)");
       row += segment.count;
     }
   }
 
-  for (size_t l = 0; l < layers_.size(); ++l) {
-    const Layer& layer = layers_[l];
-    check(cudaStreamWaitEvent(compute_, ready_[l + 1], 0), "cudaStreamWaitEvent (layer)");
-    check(launchRmsNorm(x, layer.inputNorm.data(), act_, tokens, hidden, spec_.rmsNormEps, normed, compute_),
-          "input norm kernel");
-    linear(normed, layer.qkv.data(), tokens, hidden, qkvWidth, qkv, true, false);
-    if (spec_.attentionBias) {
-      check(launchAddBias(qkv, layer.qkvBias.data(), act_, tokens, qkvWidth, compute_), "bias kernel");
-    }
-    int64_t row = 0;
-    for (const Segment& segment : segments) {
-      const ForwardRequest& request = requests[segment.request];
-      const int64_t position = request.position + segment.offset;
-      Sequence& sequence = sequences_[request.sequence];
-      check(launchRopeAndCache(qkv + row * qkvWidth, segment.count, heads, kvHeads, headDim, position,
-                               reinterpret_cast<const float*>(invFreq_.data()),
-                               q16 + sizeOfAct(row * heads * headDim), keysOf(sequence, l), valuesOf(sequence, l),
-                               act_, compute_),
-            "rotary embedding kernel");
-      attention(segment, position, sequence, l, row, q16, scores, probabilities, attnOut);
-      row += segment.count;
-    }
-    linear(attnOut, layer.wo.data(), tokens, heads * headDim, hidden, x, true, true);
-    check(launchRmsNorm(x, layer.postNorm.data(), act_, tokens, hidden, spec_.rmsNormEps, normed, compute_),
-          "post-attention norm kernel");
-    linear(normed, layer.gateUp.data(), tokens, hidden, 2 * inter, gateUp, true, false);
-    check(launchSwiGlu(gateUp, tokens, inter, activated, act_, compute_), "SwiGLU kernel");
-    linear(activated, layer.down.data(), tokens, inter, hidden, x, true, true);
+  // A single decode step of one sequence whose weights have all landed replays a captured
+  // CUDA graph: hundreds of kernel launches become one, which is what bounds batch-1 decode.
+  const Segment& first = segments.front();
+  const ForwardRequest& firstRequest = requests[first.request];
+  Sequence& firstSequence = sequences_[firstRequest.sequence];
+  if (segmentCount == 1 && usesDecodeKernel(first.count, firstSequence.capacity) && copiesLanded()) {
+    const int64_t position = firstRequest.position + first.offset;
+    check(cudaMemcpyAsync(decodePosition_.data(), &position, sizeof(position), cudaMemcpyHostToDevice, compute_),
+          "cudaMemcpyAsync (position)");
+    launchDecodeGraph(firstRequest, firstSequence, buffers);
+  } else {
+    enqueuePass(requests, segments, buffers, tokens, nullptr, true);
   }
 
   if (spec_.hasHead) {
-    int64_t row = 0;
-    for (int64_t s = 0; s < segmentCount; ++s) {
-      row += segments[static_cast<size_t>(s)].count;
-      check(cudaMemcpyAsync(lastRows + s * hidden, x + (row - 1) * hidden, sizeOfFloat(hidden),
-                            cudaMemcpyDeviceToDevice, compute_),
-            "cudaMemcpyAsync (last token)");
-    }
-    check(cudaStreamWaitEvent(compute_, ready_.back(), 0), "cudaStreamWaitEvent (head)");
-    if (spec_.tieWordEmbeddings) check(cudaStreamWaitEvent(compute_, ready_.front(), 0), "cudaStreamWaitEvent (tied head)");
-    check(launchRmsNorm(lastRows, norm_.data(), act_, segmentCount, hidden, spec_.rmsNormEps, lastNormed, compute_),
-          "final norm kernel");
-    const DeviceBuffer& head = spec_.tieWordEmbeddings ? embed_ : lmHead_;
-    linear(lastNormed, head.data(), segmentCount, hidden, spec_.vocabSize, logits, true, false);
     std::vector<float> host(static_cast<size_t>(segmentCount * spec_.vocabSize));
-    check(cudaMemcpyAsync(host.data(), logits, sizeOfFloat(segmentCount * spec_.vocabSize), cudaMemcpyDeviceToHost,
-                          compute_),
+    check(cudaMemcpyAsync(host.data(), buffers.logits, host.size() * sizeof(float), cudaMemcpyDeviceToHost, compute_),
           "cudaMemcpyAsync (logits)");
     check(cudaStreamSynchronize(compute_), "forward (logits)");
     for (int64_t s = 0; s < segmentCount; ++s) {
@@ -546,7 +677,7 @@ void CudaStage::runPass(const std::vector<ForwardRequest>& requests, const std::
     }
   } else {
     std::vector<float> host(static_cast<size_t>(tokens * hidden));
-    check(cudaMemcpyAsync(host.data(), x, sizeOfFloat(tokens * hidden), cudaMemcpyDeviceToHost, compute_),
+    check(cudaMemcpyAsync(host.data(), buffers.x, host.size() * sizeof(float), cudaMemcpyDeviceToHost, compute_),
           "cudaMemcpyAsync (hidden states out)");
     check(cudaStreamSynchronize(compute_), "forward (hidden states)");
     int64_t row = 0;
@@ -563,6 +694,7 @@ void CudaStage::runPass(const std::vector<ForwardRequest>& requests, const std::
 }
 
 void CudaStage::freeSequence(int64_t sequence) {
+  decodeGraphs_.erase(sequence);
   const auto found = sequences_.find(sequence);
   if (found == sequences_.end()) return;
   kvBytes_ -= found->second.cache.bytes();
@@ -596,7 +728,7 @@ void CudaStage::waitForCopies() {
   copiesInFlight_.clear();
 }
 
-uint64_t CudaStage::deviceBytes() const { return weightBytes_ + kvBytes_ + scratchBytes_; }
+uint64_t CudaStage::deviceBytes() const { return weights_.bytes() + kvBytes_ + scratchBytes_; }
 
 }  // namespace paraserve::cuda
 

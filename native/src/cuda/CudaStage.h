@@ -16,6 +16,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <utility>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -42,14 +43,15 @@ class CudaStage final : public Stage {
   uint64_t deviceBytes() const override;
 
  private:
+  // Pointers into weights_.
   struct Layer {
-    DeviceBuffer inputNorm;  // (hidden)
-    DeviceBuffer qkv;        // ((heads + 2 kvHeads) * headDim, hidden): q rows, then k, then v
-    DeviceBuffer qkvBias;    // ((heads + 2 kvHeads) * headDim), attentionBias only
-    DeviceBuffer wo;         // (hidden, heads * headDim)
-    DeviceBuffer postNorm;   // (hidden)
-    DeviceBuffer gateUp;     // (2 * inter, hidden): gate rows, then up
-    DeviceBuffer down;       // (hidden, inter)
+    uint8_t* inputNorm = nullptr;  // (hidden)
+    uint8_t* qkv = nullptr;        // ((heads + 2 kvHeads) * headDim, hidden): q rows, then k, then v
+    uint8_t* qkvBias = nullptr;    // ((heads + 2 kvHeads) * headDim), attentionBias only
+    uint8_t* wo = nullptr;         // (hidden, heads * headDim)
+    uint8_t* postNorm = nullptr;   // (hidden)
+    uint8_t* gateUp = nullptr;     // (2 * inter, hidden): gate rows, then up
+    uint8_t* down = nullptr;       // (hidden, inter)
   };
 
   // Where a bound tensor's bytes go, and which ready event covers them.
@@ -77,6 +79,43 @@ class CudaStage final : public Stage {
     int64_t count = 0;
   };
 
+  // Scratch of one pass, carved from scratch_ (CudaStage.cpp, carvePass).
+  struct PassBuffers {
+    int32_t* tokenIds = nullptr;
+    float* x = nullptr;  // the residual stream (tokens x hidden, fp32)
+    uint8_t* normed = nullptr;
+    float* qkv = nullptr;
+    uint8_t* q16 = nullptr;
+    uint8_t* attnOut = nullptr;
+    float* gateUp = nullptr;
+    uint8_t* activated = nullptr;
+    float* lastRows = nullptr;
+    uint8_t* lastNormed = nullptr;
+    float* logits = nullptr;
+    float* scores = nullptr;
+    uint8_t* probabilities = nullptr;
+  };
+
+  // A captured decode step of one sequence, valid while the pointers it baked in are.
+  struct DecodeGraph {
+    cudaGraphExec_t exec = nullptr;
+    const uint8_t* cache = nullptr;
+    int64_t capacity = 0;
+    const uint8_t* scratch = nullptr;
+    DecodeGraph() = default;
+    DecodeGraph(DecodeGraph&& other) noexcept { *this = std::move(other); }
+    DecodeGraph& operator=(DecodeGraph&& other) noexcept {
+      std::swap(exec, other.exec);
+      cache = other.cache;
+      capacity = other.capacity;
+      scratch = other.scratch;
+      return *this;
+    }
+    ~DecodeGraph() {
+      if (exec != nullptr) cudaGraphExecDestroy(exec);
+    }
+  };
+
   Destination destinationFor(const std::string& name);
   void releaseLandedHostBuffers();
   void freeSequence(int64_t sequence);
@@ -84,8 +123,18 @@ class CudaStage final : public Stage {
   std::vector<std::vector<Segment>> planPasses(const std::vector<ForwardRequest>& requests) const;
   void runPass(const std::vector<ForwardRequest>& requests, const std::vector<Segment>& segments,
                std::vector<std::vector<float>>& outputs);
-  void attention(const Segment& segment, int64_t position, Sequence& sequence, size_t layer, int64_t row,
-                 uint8_t* q16, float* scores, uint8_t* probabilities, uint8_t* attnOut);
+  PassBuffers carvePass(int64_t tokens, int64_t segmentCount, int64_t maxAttention);
+  // Everything of a pass from the embedding (or the uploaded hidden states) to the logits
+  // in scratch, on the compute stream; capturable into a graph when positionOnDevice is set
+  // and waitForLayers is false.
+  void enqueuePass(const std::vector<ForwardRequest>& requests, const std::vector<Segment>& segments,
+                   const PassBuffers& buffers, int64_t tokens, const int64_t* positionOnDevice, bool waitForLayers);
+  void attention(const PassBuffers& buffers, const Segment& segment, int64_t position, Sequence& sequence,
+                 size_t layer, int64_t row, const int64_t* positionOnDevice);
+  // Whether attention of count tokens over keys keys runs in the decode kernel.
+  bool usesDecodeKernel(int64_t count, int64_t keys) const;
+  bool copiesLanded();
+  void launchDecodeGraph(const ForwardRequest& request, Sequence& sequence, const PassBuffers& buffers);
   void ensureCapacity(Sequence& sequence, int64_t positions);
   uint8_t* keysOf(const Sequence& sequence, size_t layer) const;
   uint8_t* valuesOf(const Sequence& sequence, size_t layer) const;
@@ -105,16 +154,18 @@ class CudaStage final : public Stage {
   // Ready events: [0] embeddings, [1 + i] layer i of the stage, [last] final norm and head.
   std::vector<cudaEvent_t> ready_;
   DeviceBuffer invFreq_;
+  DeviceBuffer weights_;  // every weight tensor of the stage
   std::vector<Layer> layers_;
-  DeviceBuffer embed_;   // (vocab, hidden); the head too when tieWordEmbeddings
-  DeviceBuffer norm_;    // (hidden)
-  DeviceBuffer lmHead_;  // (vocab, hidden), untied head only
-  uint64_t weightBytes_ = 0;
+  uint8_t* embed_ = nullptr;   // (vocab, hidden); the head too when tieWordEmbeddings
+  uint8_t* norm_ = nullptr;    // (hidden)
+  uint8_t* lmHead_ = nullptr;  // (vocab, hidden), untied head only
   std::vector<Slot> slots_;  // layer order
   std::unordered_map<std::string, size_t> slotIndex_;
   DeviceBuffer convertStaging_;  // raw bytes of a tensor stored in another dtype, before conversion
   std::vector<std::shared_ptr<const HostBuffer>> copiesInFlight_;  // kept alive until the copy stream drains
   DeviceBuffer scratch_;
+  DeviceBuffer decodePosition_;  // int64 position a decode graph reads
+  std::map<int64_t, DecodeGraph> decodeGraphs_;  // by sequence
   std::mutex mutex_;  // one forward, bind or release at a time: they share the streams
   std::map<int64_t, Sequence> sequences_;
   std::atomic<uint64_t> kvBytes_{0};
