@@ -126,10 +126,10 @@ t.test('snapshots account host cache, active requests and CPU free memory', asyn
     { id: 'a', model: 'm', stage, device: 0, residency: 'ON_DEVICE', deviceBytes: 300, hostBytes: 100, activeRequests: 2, error: '', lastUsedMs: 1234, secondCopy: null },
     { id: 'b', model: 'm', stage, device: 0, residency: 'LOADING', deviceBytes: 0, hostBytes: 50, activeRequests: 0, error: '', lastUsedMs: 0, secondCopy: null },
   ];
-  const devices = workerDevices('cpu', [], { name: 'Test CPU', totalBytes: 10_000, freeBytes: 1_000 }, instances);
+  const devices = workerDevices('cpu', [], { name: 'Test CPU', totalBytes: 10_000, freeBytes: 1_000 }, null, instances);
   t.same(devices, [{ index: 0, kind: 'cpu', name: 'Test CPU', totalBytes: 10_000, freeBytes: 700 }]);
-  const cuda = workerDevices('cuda', [{ index: 1, kind: 'cuda', name: 'H100', totalBytes: 80, freeBytes: 70 }], { name: 'x', totalBytes: 1, freeBytes: 1 }, instances);
-  t.same(cuda, [{ index: 1, kind: 'cuda', name: 'H100', totalBytes: 80, freeBytes: 70 }]);
+  const cuda = workerDevices('cuda', [{ index: 1, kind: 'cuda', name: 'H100', totalBytes: 80, freeBytes: 70 }], { name: 'x', totalBytes: 1, freeBytes: 1 }, 60, instances);
+  t.same(cuda, [{ index: 1, kind: 'cuda', name: 'H100', totalBytes: 60, freeBytes: 60 }], 'the budget, and nothing held on device 1');
   const snapshot = buildSnapshot({ workerId: 'w', lifecycle: 'READY', backend: 'cpu', devices, hostCacheLimit: 1000, hostCachePinned: true, instances, fetchBytesPerS: 5 });
   t.equal(snapshot.hostCachePinned, true);
   t.equal(snapshot.hostCacheBytes, 150);

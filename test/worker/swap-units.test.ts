@@ -52,17 +52,29 @@ t.test('devices account what the worker holds per device index', async (t) => {
   t.same([deviceHeldBytes(instances, 0), deviceHeldBytes(instances, 1), deviceHeldBytes(instances, -1)], [300, 300, 0]);
   const moving = [...instances, { ...base, id: 'e', device: 1, deviceBytes: 50, secondCopy: { device: 0, bytes: 70 } }];
   t.same([deviceHeldBytes(moving, 0), deviceHeldBytes(moving, 1)], [370, 350], 'a moving instance holds bytes on both devices');
+  const gib = 1024 ** 3;
   const gpus = [
-    { index: 0, kind: 'cuda' as const, name: 'g0', totalBytes: 1000, freeBytes: 900 },
-    { index: 1, kind: 'cuda' as const, name: 'g1', totalBytes: 1000, freeBytes: 500 },
+    { index: 0, kind: 'cuda' as const, name: 'g0', totalBytes: 80 * gib, freeBytes: 10 * gib },
+    { index: 1, kind: 'cuda' as const, name: 'g1', totalBytes: 80 * gib, freeBytes: 5 * gib },
   ];
   t.same(
-    workerDevices('cuda', gpus, { name: 'cpu', totalBytes: 1, freeBytes: 1 }, instances).map((d) => d.freeBytes),
-    [700, 500],
-    'the lower of the driver figure and the total minus what the worker holds',
+    workerDevices('cuda', gpus, { name: 'cpu', totalBytes: 1, freeBytes: 1 }, null, instances).map((d) => [d.totalBytes, d.freeBytes]),
+    [
+      [78 * gib, 78 * gib - 300],
+      [78 * gib, 78 * gib - 300],
+    ],
+    'a GPU offers its size less the runtime reserve, minus what the worker holds; the driver figure (pooled memory counts as used there) is not used',
   );
   t.same(
-    workerDevices('cpu', [], { name: 'cpu', totalBytes: 1000, freeBytes: 1000 }, instances).map((d) => [d.index, d.totalBytes, d.freeBytes]),
+    workerDevices('cuda', gpus, { name: 'cpu', totalBytes: 1, freeBytes: 1 }, 1000, instances).map((d) => [d.totalBytes, d.freeBytes]),
+    [
+      [1000, 700],
+      [1000, 700],
+    ],
+    'a configured budget replaces the GPU size',
+  );
+  t.same(
+    workerDevices('cpu', [], { name: 'cpu', totalBytes: 1000, freeBytes: 1000 }, null, instances).map((d) => [d.index, d.totalBytes, d.freeBytes]),
     [[0, 1000, 700]],
     'the CPU is device 0; only what is held on it counts',
   );

@@ -186,7 +186,7 @@ t.test('a device budget refuses loads and swap-ins that do not fit, naming the b
   t.equal((await load(probe, 'p')).code, grpc.status.OK);
   const weights = instance(await waitForSnapshot(probe, (s) => instance(s, 'p')?.residency === 'ON_DEVICE'), 'p')!.deviceBytes;
   const budget = Math.floor(1.5 * weights);
-  const client = await worker(t, { id: 'small-device', cpuDeviceBytes: budget });
+  const client = await worker(t, { id: 'small-device', deviceMemoryBytes: budget });
 
   t.equal((await load(client, 'a')).code, grpc.status.OK);
   const s = await waitForSnapshot(client, (s) => instance(s, 'a')?.residency === 'ON_DEVICE');

@@ -52,11 +52,12 @@ export interface WorkerOptions {
    */
   fetchStallTimeoutMs?: number;
   /**
-   * CPU backend: the device memory budget the worker accounts loads and swap-ins against,
-   * instead of the machine's RAM (tests of the accounting; a share of a machine). Absent or
-   * null: the OS figures. (Optional until every caller sets it.)
+   * The memory budget of each device that loads and swap-ins are accounted against, instead
+   * of the device's own size (a share of a GPU, experiments with many models per GPU, tests
+   * on the CPU backend). Absent or null: the device's figures. (Optional until every caller
+   * sets it.)
    */
-  cpuDeviceBytes?: number | null;
+  deviceMemoryBytes?: number | null;
 }
 
 export interface RunningWorker {
@@ -140,13 +141,13 @@ export async function startWorkerWith(opts: WorkerOptions, runtime: WorkerRuntim
   const address = formatAddress(advertisedHost(opts.host, os.networkInterfaces()), port);
   const log = logger.child({ worker: id });
 
-  const cpuDeviceBytes = opts.cpuDeviceBytes ?? null;
+  const deviceMemoryBytes = opts.deviceMemoryBytes ?? null;
   const state = new WorkerState({
     workerId: id,
     backend,
     hostCacheLimit: opts.hostCacheBytes,
     hostCachePinned: pool.pinned,
-    devices: (instances) => workerDevices(backend, backend === 'cpu' ? [] : addon.listDevices(backend), cpuFacts(cpuDeviceBytes), instances),
+    devices: (instances) => workerDevices(backend, backend === 'cpu' ? [] : addon.listDevices(backend), cpuFacts(deviceMemoryBytes), deviceMemoryBytes, instances),
     snapshotDebounceMs: SNAPSHOT_DEBOUNCE_MS,
     fetchLimiter: new FetchLimiter(opts.fetchBandwidthBytesPerS),
   });

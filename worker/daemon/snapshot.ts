@@ -56,6 +56,9 @@ export interface SnapshotFacts {
   fetchBytesPerS: number;
 }
 
+/** GPU memory left to the CUDA context, cuBLAS and allocator slack when no budget is configured. */
+const CUDA_RUNTIME_RESERVE_BYTES = 2 * 1024 ** 3;
+
 /** Device bytes the worker's instances hold (or have reserved) on one device. */
 export function deviceHeldBytes(instances: readonly InstanceFacts[], device: number): number {
   return instances.reduce(
@@ -68,26 +71,26 @@ export function deviceHeldBytes(instances: readonly InstanceFacts[], device: num
  * The devices a snapshot reports, and the capacity loads and swaps are checked against (one
  * source for both). CPU backend: one device whose free bytes are the given figure (the OS's,
  * or a configured budget) minus what instances hold on it — conservative, as the OS figure
- * may already count them. CUDA: the addon's devices; free is the lower of the driver's figure
- * and the total minus what the worker's stages hold there.
+ * may already count them. CUDA: the addon's devices, each with the configured budget (or
+ * its size less a reserve for the runtime) minus what the worker's stages hold there. The
+ * driver's free figure is not used: device memory the worker freed stays in its allocator's
+ * pool for the next swap-in, so the driver counts it as used although it is the worker's.
  */
 export function workerDevices(
   backend: BackendName,
   nativeDevices: readonly DeviceInfo[],
   cpu: CpuFacts,
+  budgetBytes: number | null,
   instances: readonly InstanceFacts[],
 ): Device__Output[] {
   if (backend === 'cpu') {
     const held = deviceHeldBytes(instances, 0);
     return [{ index: 0, kind: 'cpu', name: cpu.name, totalBytes: cpu.totalBytes, freeBytes: Math.max(0, cpu.freeBytes - held) }];
   }
-  return nativeDevices.map((d) => ({
-    index: d.index,
-    kind: d.kind,
-    name: d.name,
-    totalBytes: d.totalBytes,
-    freeBytes: Math.max(0, Math.min(d.freeBytes, d.totalBytes - deviceHeldBytes(instances, d.index))),
-  }));
+  return nativeDevices.map((d) => {
+    const usable = budgetBytes ?? Math.max(0, d.totalBytes - CUDA_RUNTIME_RESERVE_BYTES);
+    return { index: d.index, kind: d.kind, name: d.name, totalBytes: usable, freeBytes: Math.max(0, usable - deviceHeldBytes(instances, d.index)) };
+  });
 }
 
 export function instanceState(instance: InstanceFacts): InstanceState__Output {

@@ -20,6 +20,7 @@ interface WorkerFlags {
   logLevel: string;
   fetchBandwidth: number | null;
   fetchStallTimeout: number;
+  deviceMemory?: number;
   loadOverlap: boolean;
 }
 
@@ -76,6 +77,11 @@ export function registerWorkerCommand(program: Command): void {
         .env('PARASERVE_HOST_CACHE_BYTES'),
     )
     .addOption(
+      new Option('--device-memory <size>', 'memory budget of each device (GPU) for models, e.g. 20GiB (default: the device size less 2GiB; on the CPU backend the free RAM)')
+        .argParser(parseBytes)
+        .env('PARASERVE_DEVICE_MEMORY'),
+    )
+    .addOption(
       new Option('--max-context <tokens>', 'KV cache capacity per sequence')
         .default(4096)
         .argParser(parseIntIn(16, 1_048_576))
@@ -126,6 +132,7 @@ export function registerWorkerCommand(program: Command): void {
         logLevel: flags.logLevel,
         fetchBandwidthBytesPerS: flags.fetchBandwidth,
         fetchStallTimeoutMs: flags.fetchStallTimeout,
+        deviceMemoryBytes: flags.deviceMemory ?? null,
         loadOverlap: flags.loadOverlap && envOverlap,
       });
       announceReady({ type: 'paraserve:ready', role: 'worker', url: null, id: worker.id, address: worker.address });
