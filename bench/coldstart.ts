@@ -7,7 +7,7 @@
 // as a plain serverless container does. A second request on the warm instance gives warm TTFT.
 // Every process runs through the CLI under the Supervisor, on loopback, and is stopped before
 // the next configuration starts.
-//   npm run build && node dist/bench/coldstart.js [--preset demo] [--fetch-bandwidth 4MB] [--degrees 1,2,4] [--repeats 3] [--gpus N]
+//   npm run build && node dist/bench/coldstart.js [--preset demo] [--fetch-bandwidth 4MB] [--degrees 1,2,4] [--repeats 3] [--gpus N] [--worker-host-cache 16GiB]
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -30,6 +30,7 @@ const { values: flags } = parseArgs({
     'chunk-bytes': { type: 'string', default: '65536' },
     repeats: { type: 'string', default: '3' },
     gpus: { type: 'string', default: '0' },
+    'worker-host-cache': { type: 'string' },
   },
 });
 const BANDWIDTH_FLAG = flags['fetch-bandwidth']!;
@@ -146,6 +147,7 @@ async function main(): Promise<void> {
       startChild(`worker-${runIndex}-${i}`, gpuOf(i), [
         'worker', '--gateway', gatewayUrl, '--port', '0', '--id', `w${runIndex}-${i}`, '--backend', flags.backend!,
         '--fetch-bandwidth', BANDWIDTH_FLAG, '--log-level', 'warn', ...(overlap ? [] : ['--no-load-overlap']),
+        ...(flags['worker-host-cache'] === undefined ? [] : ['--host-cache-bytes', flags['worker-host-cache']]),
       ]),
     );
     await Promise.all(workers.map((w) => w.ready(30_000)));

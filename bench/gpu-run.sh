@@ -1,27 +1,60 @@
 #!/usr/bin/env bash
-# One session on the GPU machine (see ../shared/device/README.md for carrying Node.js there):
-# builds the CUDA backend, runs the GPU tests against transformers, then issue 3's
-# benchmarks (bench/gpu-model.ts) with transformers' speed as the baseline. Logs and JSON
-# results go to $OUT (or ./gpu-out). Steps: all (default) | test | bench.
+# Sessions on the GPU machine (see ../shared/device/README.md for carrying Node.js there), in
+# steps, default all but coldstart:
+#   test      build the CUDA backend, run the GPU tests against transformers (npm run test:gpu)
+#   bench     issue 3's benchmarks (bench/gpu-model.ts), transformers' speed as the baseline
+#   serve     `paraserve up` serves a completion from the GPU
+#   suite     the whole test suite with the CUDA build
+#   sharing   GPU sharing under a bursty load vs no swapping (bench/gpu-sharing.ts)
+#   coldstart cold start by pipeline degree on a 7B shape, one worker per GPU (bench/coldstart.ts)
+# Logs and JSON results go to $OUT (or ./gpu-out). Exit status 1 when a step failed.
 set -uo pipefail
 out="${OUT:-gpu-out}"
 mkdir -p "$out"
-what="${1:-all}"
+steps="${*:-test bench serve sharing suite}"
 scratch="${TMPDIR:-/tmp}/paraserve-gpu"
 mkdir -p "$scratch"
 export PARASERVE_GPU_REFERENCE_DIR="$scratch/reference"
+cli="node dist/gateway/cli/main.js"
 status=0
+fail() { echo "STEP FAILED: $1"; status=1; }
+model() { [[ -f "$scratch/$1/config.json" ]] || $cli make-model --preset "$1" --dtype "$2" --out "$scratch/$1" >/dev/null; }
 
-if [[ "$what" == all || "$what" == test ]]; then
-  node scripts/test-gpu.mjs 2>&1 | tee "$out/test-gpu.log" | tail -40 || status=1
-  [[ ${PIPESTATUS[0]} -eq 0 ]] || status=1
-fi
-if [[ "$what" == all || "$what" == bench ]]; then
-  [[ -f "$scratch/llama-7b/config.json" ]] || node dist/gateway/cli/main.js make-model --preset llama-7b --dtype f16 --out "$scratch/llama-7b" >/dev/null
-  [[ -f "$scratch/llama-8b/config.json" ]] || node dist/gateway/cli/main.js make-model --preset llama-8b --dtype bf16 --out "$scratch/llama-8b" >/dev/null
-  python3 scripts/reference/hf_speed.py "$scratch/llama-7b" 128 1000 > "$out/hf-speed-7b.json" 2> "$out/hf-speed.log" || status=1
-  node dist/bench/gpu-model.js --model "$scratch/llama-7b" --ttft-model "$scratch/llama-8b" --hf "$out/hf-speed-7b.json" \
-    --out "$out/gpu-model.json" 2>&1 | tee "$out/gpu-model.log" || status=1
-fi
+for step in $steps; do
+  echo "=== $step $(date +%T)"
+  case "$step" in
+    test)
+      node scripts/test-gpu.mjs > "$out/test-gpu.log" 2>&1 || fail test
+      grep -E "^(ok|not ok)|passed|failed" "$out/test-gpu.log" | tail -8 ;;
+    bench)
+      model llama-7b f16 && model llama-8b bf16
+      python3 scripts/reference/hf_speed.py "$scratch/llama-7b" 128 1000 > "$out/hf-speed-7b.json" 2> "$out/hf-speed.log" || fail hf-speed
+      node dist/bench/gpu-model.js --model "$scratch/llama-7b" --ttft-model "$scratch/llama-8b" --hf "$out/hf-speed-7b.json" \
+        --out "$out/gpu-model.json" > "$out/gpu-model.log" 2>&1 || fail bench
+      tail -9 "$out/gpu-model.log" ;;
+    serve)
+      $cli up --port 18080 --data-dir "$scratch/up" > "$out/up.log" 2>&1 &
+      up=$!
+      for _ in $(seq 120); do curl -sf localhost:18080/health >/dev/null && break; sleep 0.5; done
+      curl -sf localhost:18080/v1/completions -H 'content-type: application/json' \
+        -d '{"model":"demo","prompt":"Hello","max_tokens":8}' > "$out/up-completion.json" || fail serve
+      curl -sf localhost:18080/admin/workers > "$out/up-workers.json" || fail serve-workers
+      kill -INT $up; wait $up
+      grep -o '"backend":"[a-z]*"' "$out/up-workers.json" | sort | uniq -c
+      head -c 300 "$out/up-completion.json"; echo ;;
+    suite)
+      npx tap > "$out/suite.log" 2>&1 || fail suite
+      tail -4 "$out/suite.log" ;;
+    sharing)
+      node dist/bench/gpu-sharing.js --models 60 --duration-s 45 > "$out/gpu-sharing.log" 2>&1 || fail sharing
+      tail -6 "$out/gpu-sharing.log" ;;
+    coldstart)
+      gpus=$(nvidia-smi -L | wc -l)
+      node dist/bench/coldstart.js --preset llama-7b --fetch-bandwidth 10Gbit --degrees 1,2,4 --repeats 1 --gpus "$gpus" \
+        --worker-host-cache 16GiB > "$out/coldstart.log" 2>&1 || fail coldstart
+      tail -12 "$out/coldstart.log" ;;
+    *) fail "unknown step $step" ;;
+  esac
+done
 nvidia-smi --query-gpu=name,memory.total,pcie.link.gen.current,pcie.link.width.current --format=csv > "$out/gpu.csv" 2>&1
 exit $status

@@ -3,6 +3,7 @@
 import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import { DEFAULT_CLUSTER_OPTIONS, type ClusterOptions } from './cluster/cluster-state.js';
 import { MAX_CONTEXT_TOKENS } from './inference/catalog.js';
+import { DEFAULT_QUEUE_CAPACITY, DEFAULT_SHARING, type SharingDefaults } from './scheduler/sharing.js';
 import { authPlugin } from './plugins/auth.js';
 import { catalogPlugin } from './plugins/catalog.js';
 import { clusterPlugin } from './plugins/cluster.js';
@@ -44,6 +45,12 @@ export interface GatewayDeps {
   forcedPipelineDegree: number | null;
   /** After a pipelined cold start, load the model whole in the background and dissolve the pipeline. */
   consolidate: boolean;
+  /** Requests each model's queue holds before the gateway answers 429 with Retry-After. */
+  queueCapacity: number;
+  /** Batch capacity of an instance, and the SLO and keep-alives of models registered without them. */
+  sharing: SharingDefaults;
+  /** Swap host-cached models in; false: models that left the GPU start cold (a no-swapping baseline). */
+  swapping: boolean;
 }
 
 export const DEFAULT_DEPS = {
@@ -57,6 +64,9 @@ export const DEFAULT_DEPS = {
   cluster: DEFAULT_CLUSTER_OPTIONS,
   forcedPipelineDegree: null,
   consolidate: true,
+  queueCapacity: DEFAULT_QUEUE_CAPACITY,
+  sharing: DEFAULT_SHARING,
+  swapping: true,
 } satisfies Omit<GatewayDeps, 'registry'>;
 
 export async function buildApp(deps: GatewayDeps): Promise<FastifyInstance> {
@@ -78,6 +88,9 @@ export async function buildApp(deps: GatewayDeps): Promise<FastifyInstance> {
         loadTimeoutMs: deps.loadTimeoutMs,
         forcedPipelineDegree: deps.forcedPipelineDegree,
         consolidate: deps.consolidate,
+        queueCapacity: deps.queueCapacity,
+        sharing: deps.sharing,
+        swapping: deps.swapping,
       },
     });
     await app.register(shutdownPlugin, { drainMs: deps.closeDrainMs });

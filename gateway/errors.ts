@@ -16,6 +16,8 @@ export class ApiError extends Error {
     readonly type: string,
     readonly param: string | null,
     readonly code: string | null,
+    /** Extra response headers (Retry-After of a 429). */
+    readonly headers: Readonly<Record<string, string>> = {},
   ) {
     super(message);
   }
@@ -59,6 +61,12 @@ export function serviceUnavailable(message: string, code = 'no_worker_available'
 /** A worker failed while handling the request (died, errored, broke the protocol). */
 export function workerFailed(message: string): ApiError {
   return new ApiError(502, message, 'server_error', null, 'worker_failed');
+}
+
+/** The model's request queue is full: retry after `retryAfterS` whole seconds. */
+export function queueFull(message: string, retryAfterS: number): ApiError {
+  const seconds = Math.max(1, Math.ceil(retryAfterS));
+  return new ApiError(429, message, 'rate_limit_error', null, 'queue_full', { 'retry-after': String(seconds) });
 }
 
 export function gatewayTimeout(message: string): ApiError {

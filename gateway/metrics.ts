@@ -59,9 +59,24 @@ export class GatewayMetrics implements LoopObserver {
     registers: [this.registry],
   });
 
+  readonly queuedRequests = new client.Gauge({
+    name: 'paraserve_queued_requests',
+    help: "Requests waiting in each model's queue (admitted, not yet placed on an instance)",
+    labelNames: ['model'] as const,
+    registers: [this.registry],
+  });
+
+  readonly swaps = new client.Histogram({
+    name: 'paraserve_swap_seconds',
+    help: 'Time of each SwapIn (in) and SwapOut (out) the gateway asked of a worker, by model, direction and outcome',
+    labelNames: ['model', 'direction', 'outcome'] as const,
+    buckets: LATENCY_BUCKETS,
+    registers: [this.registry],
+  });
+
   readonly requestPhases = new client.Histogram({
     name: 'paraserve_request_phase_seconds',
-    help: 'Time of each phase of a completed request (queue, load, fetch, copy, init, first_token, prefill, decode), by path (warm|cold) and pipeline degree',
+    help: 'Time of each phase of a completed request (queue, swap_in, load, fetch, copy, init, first_token, prefill, decode), by path (warm|swap|cold) and pipeline degree',
     labelNames: ['phase', 'path', 'degree'] as const,
     buckets: LATENCY_BUCKETS,
     registers: [this.registry],
@@ -89,6 +104,14 @@ export class GatewayMetrics implements LoopObserver {
     this.consolidation.observe({ model }, seconds);
   }
 
+  queued(model: string, waiting: number): void {
+    this.queuedRequests.set({ model }, waiting);
+  }
+
+  swapped(model: string, direction: 'in' | 'out', outcome: 'ok' | 'error', seconds: number): void {
+    this.swaps.observe({ model, direction, outcome }, seconds);
+  }
+
   firstToken(model: string, seconds: number): void {
     this.timeToFirstToken.observe({ model }, seconds);
   }
@@ -100,7 +123,7 @@ export class GatewayMetrics implements LoopObserver {
   /** Requests that failed or never ran anywhere are left out: their phases would mislead. */
   requestTraced(trace: RequestTrace): void {
     if (trace.status !== 'ok' || trace.path === null) return;
-    const labels = { path: trace.path.kind, degree: String(trace.path.degree) };
+    const labels = { path: trace.path.kind, degree: String(trace.path.kind === 'swap' ? 1 : trace.path.degree) };
     for (const [phase, ms] of namedPhases(trace.timings)) {
       if (ms !== null) this.requestPhases.observe({ ...labels, phase }, ms / 1000);
     }

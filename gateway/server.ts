@@ -6,6 +6,7 @@ import path from 'node:path';
 import pino from 'pino';
 import { loadNativeAddon } from '../worker/native/addon.js';
 import { buildApp, DEFAULT_DEPS } from './app.js';
+import { DEFAULT_SHARING } from './scheduler/sharing.js';
 import { Registry } from './registry/registry.js';
 
 export interface GatewayOptions {
@@ -26,6 +27,13 @@ export interface GatewayOptions {
   pipelineDegree?: number | null;
   /** Consolidate a serving pipeline into one whole-model instance in the background; absent: true. */
   consolidate?: boolean;
+  /** Requests each model's queue holds before 429; absent: DEFAULT_DEPS'. */
+  queueCapacity?: number;
+  /** Keep-alives of models registered without their own, ms; absent: DEFAULT_SHARING's. */
+  gpuKeepAliveMs?: number;
+  hostKeepAliveMs?: number;
+  /** Swap host-cached models in; absent: true (false: a no-swapping baseline). */
+  swapping?: boolean;
 }
 
 export interface RunningGateway {
@@ -60,6 +68,13 @@ export async function startGateway(opts: GatewayOptions): Promise<RunningGateway
       requestTimeoutMs: opts.requestTimeoutMs,
       forcedPipelineDegree: opts.pipelineDegree ?? null,
       consolidate: opts.consolidate ?? true,
+      queueCapacity: opts.queueCapacity ?? DEFAULT_DEPS.queueCapacity,
+      sharing: {
+        ...DEFAULT_SHARING,
+        gpuKeepAliveMs: opts.gpuKeepAliveMs ?? DEFAULT_SHARING.gpuKeepAliveMs,
+        hostKeepAliveMs: opts.hostKeepAliveMs ?? DEFAULT_SHARING.hostKeepAliveMs,
+      },
+      swapping: opts.swapping ?? true,
     });
   } catch (e) {
     registry.close();

@@ -27,6 +27,8 @@ export interface RegistrationRequest {
   source: string;
   files: DeclaredModelFile[] | null;
   ttftSloMs: number | null;
+  gpuKeepAliveMs: number | null;
+  hostKeepAliveMs: number | null;
 }
 
 function message(e: unknown): string {
@@ -139,5 +141,7 @@ export async function prepareRegistration(req: RegistrationRequest): Promise<New
     layers: config.numLayers,
     contextLength: config.maxPositionEmbeddings,
     ttftSloMs: req.ttftSloMs,
+    gpuKeepAliveMs: req.gpuKeepAliveMs,
+    hostKeepAliveMs: req.hostKeepAliveMs,
   };
 }

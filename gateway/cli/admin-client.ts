@@ -12,6 +12,10 @@ export interface RegisterModelRequest {
   /** null: the gateway hashes the files itself. */
   files: ModelFileRecord[] | null;
   ttftSloMs: number | null;
+  /** Idle ms on a device before a swap-out; null: the gateway's default. */
+  gpuKeepAliveMs: number | null;
+  /** Idle ms in host memory before the unload; null: the gateway's default. */
+  hostKeepAliveMs: number | null;
 }
 
 export interface CreatedKey {

@@ -8,6 +8,7 @@ import type { GenerateRequest } from '../../protos/generated/paraserve/v1/Genera
 import type { HealthReply__Output } from '../../protos/generated/paraserve/v1/HealthReply.js';
 import type { LoadProgress__Output } from '../../protos/generated/paraserve/v1/LoadProgress.js';
 import type { LoadStageRequest } from '../../protos/generated/paraserve/v1/LoadStageRequest.js';
+import type { SwapReply__Output } from '../../protos/generated/paraserve/v1/SwapReply.js';
 import type { UnloadStageReply__Output } from '../../protos/generated/paraserve/v1/UnloadStageReply.js';
 import type { WorkerClient } from '../../protos/generated/paraserve/v1/Worker.js';
 import type { WorkerEvent__Output } from '../../protos/generated/paraserve/v1/WorkerEvent.js';
@@ -27,6 +28,21 @@ export function isServiceError(e: unknown): e is grpc.ServiceError {
   return e instanceof Error && 'code' in e && typeof e.code === 'number' && 'details' in e;
 }
 
+/** A unary call with a deadline, as a promise; an empty reply is an error. */
+function unary<T>(
+  what: string,
+  timeoutMs: number,
+  call: (options: grpc.CallOptions, done: (err: grpc.ServiceError | null, reply?: T) => void) => void,
+): Promise<T> {
+  return new Promise((resolve, reject) => {
+    call({ deadline: deadline(timeoutMs) }, (err, reply) => {
+      if (err) reject(err);
+      else if (!reply) reject(new Error(`empty ${what} reply`));
+      else resolve(reply);
+    });
+  });
+}
+
 /** One channel per worker; calls are multiplexed on it. */
 export class WorkerChannel {
   private readonly client: WorkerClient;
@@ -37,23 +53,21 @@ export class WorkerChannel {
   }
 
   health(timeoutMs: number): Promise<HealthReply__Output> {
-    return new Promise((resolve, reject) => {
-      this.client.Health({}, { deadline: deadline(timeoutMs) }, (err, reply) => {
-        if (err) reject(err);
-        else if (!reply) reject(new Error('empty Health reply'));
-        else resolve(reply);
-      });
-    });
+    return unary('Health', timeoutMs, (options, done) => this.client.Health({}, options, done));
   }
 
   unloadStage(instanceId: string, timeoutMs: number): Promise<UnloadStageReply__Output> {
-    return new Promise((resolve, reject) => {
-      this.client.UnloadStage({ instanceId }, { deadline: deadline(timeoutMs) }, (err, reply) => {
-        if (err) reject(err);
-        else if (!reply) reject(new Error('empty UnloadStage reply'));
-        else resolve(reply);
-      });
-    });
+    return unary('UnloadStage', timeoutMs, (options, done) => this.client.UnloadStage({ instanceId }, options, done));
+  }
+
+  /** Puts a HOST_ONLY instance on `device` from its host copy, or moves an ON_DEVICE one there; -1: the worker chooses. */
+  swapIn(instanceId: string, device: number, timeoutMs: number): Promise<SwapReply__Output> {
+    return unary('SwapIn', timeoutMs, (options, done) => this.client.SwapIn({ instanceId, device }, options, done));
+  }
+
+  /** Drops an instance's device copy (after its running requests); the host copy stays. */
+  swapOut(instanceId: string, timeoutMs: number): Promise<SwapReply__Output> {
+    return unary('SwapOut', timeoutMs, (options, done) => this.client.SwapOut({ instanceId }, options, done));
   }
 
   /** Lives as long as the worker does: no deadline; cancel() ends it. Keepalive detects loss. */

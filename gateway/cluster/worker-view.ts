@@ -37,6 +37,8 @@ export interface InstanceView {
   activeRequests: number;
   /** Why the instance FAILED; null otherwise. */
   error: string | null;
+  /** Worker wall clock (ms since the epoch) of the instance's last request; 0 when it has had none. */
+  lastUsedMs: number;
 }
 
 export interface WorkerView {
@@ -50,6 +52,8 @@ export interface WorkerView {
   activeRequests: number;
   hostCacheBytes: number;
   hostCacheLimit: number;
+  /** false where pinning the host pool failed and it is pageable. */
+  hostCachePinned: boolean;
   /** Last measured fetch bandwidth; 0 when unknown. */
   fetchBytesPerS: number;
   /** Gateway clock (ms since the epoch) of the last event or registration. */
@@ -67,6 +71,7 @@ export function registeredView(id: string, address: string, backend: string, now
     activeRequests: 0,
     hostCacheBytes: 0,
     hostCacheLimit: 0,
+    hostCachePinned: false,
     fetchBytesPerS: 0,
     lastSeenMs: nowMs,
   };
@@ -103,10 +108,12 @@ export function applySnapshot(view: WorkerView, snap: WorkerSnapshot__Output, no
       hostBytes: i.hostBytes,
       activeRequests: i.activeRequests,
       error: i.error === '' ? null : i.error,
+      lastUsedMs: i.lastUsedMs,
     })),
     activeRequests: snap.activeRequests,
     hostCacheBytes: snap.hostCacheBytes,
     hostCacheLimit: snap.hostCacheLimit,
+    hostCachePinned: snap.hostCachePinned,
     fetchBytesPerS: snap.fetchBytesPerS,
     lastSeenMs: nowMs,
   };

@@ -47,7 +47,7 @@ export const errorsPlugin = sharedPlugin('paraserve-errors', async (app) => {
     const api = toApiError(error);
     if (api.statusCode >= 500 && !(error instanceof ApiError)) request.log.error({ err: error }, 'internal error');
     else if (api.statusCode >= 500) request.log.warn({ err: api.message, code: api.code }, 'request failed');
-    return reply.status(api.statusCode).send(api.toBody());
+    return reply.status(api.statusCode).headers(api.headers).send(api.toBody());
   });
 
   app.setNotFoundHandler((request, reply) => {

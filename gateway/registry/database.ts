@@ -46,6 +46,16 @@ const MIGRATIONS: readonly Migration[] = [
     version: 2,
     sql: `ALTER TABLE models ADD COLUMN file_chunks_json TEXT;`,
   },
+  {
+    // Keep-alive per model (issue 5): how long an idle instance stays on a device before it is
+    // swapped out, and how long its host copy stays after that before it is unloaded. NULL
+    // (every row registered before) takes the gateway's defaults.
+    version: 3,
+    sql: `
+      ALTER TABLE models ADD COLUMN gpu_keep_alive_ms REAL;
+      ALTER TABLE models ADD COLUMN host_keep_alive_ms REAL;
+    `,
+  },
 ];
 
 export const REGISTRY_SCHEMA_VERSION = MIGRATIONS[MIGRATIONS.length - 1]!.version;

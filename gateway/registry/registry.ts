@@ -31,6 +31,10 @@ export interface ModelRecord {
   /** The model's own context window (max_position_embeddings). */
   contextLength: number;
   ttftSloMs: number | null;
+  /** Idle time on a device before the instance is swapped out, ms; null: the gateway's default. */
+  gpuKeepAliveMs: number | null;
+  /** Idle time in host memory (after the swap-out) before the instance is unloaded, ms; null: the gateway's default. */
+  hostKeepAliveMs: number | null;
   /** ISO 8601. */
   createdAt: string;
   files: ModelFileRecord[];
@@ -55,6 +59,8 @@ export interface NewModel extends ModelArtifacts {
   layers: number;
   contextLength: number;
   ttftSloMs: number | null;
+  gpuKeepAliveMs: number | null;
+  hostKeepAliveMs: number | null;
 }
 
 export interface ApiKeyRecord {
@@ -77,12 +83,14 @@ interface ModelRow {
   layers: number;
   context_length: number;
   ttft_slo_ms: number | null;
+  gpu_keep_alive_ms: number | null;
+  host_keep_alive_ms: number | null;
   created_at: string;
 }
 
 /** Columns of ModelRow; file_chunks_json is read separately (see chunksOf). */
 const MODEL_COLUMNS =
-  'name, source, files_json, architecture, parameters, bytes, layers, context_length, ttft_slo_ms, created_at';
+  'name, source, files_json, architecture, parameters, bytes, layers, context_length, ttft_slo_ms, gpu_keep_alive_ms, host_keep_alive_ms, created_at';
 
 export function sha256Digest(text: string): Buffer {
   return createHash('sha256').update(text, 'utf8').digest();
@@ -103,6 +111,8 @@ function toRecord(row: ModelRow, chunks: FileChunks): ModelRecord {
     layers: row.layers,
     contextLength: row.context_length,
     ttftSloMs: row.ttft_slo_ms,
+    gpuKeepAliveMs: row.gpu_keep_alive_ms,
+    hostKeepAliveMs: row.host_keep_alive_ms,
     createdAt: row.created_at,
     files: files.map((f) => ({
       path: f.path,
@@ -135,8 +145,9 @@ export class Registry {
       this.db
         .prepare(
           `INSERT INTO models (name, source, files_json, file_chunks_json, config_json, tokenizer_json, tokenizer_config_json,
-             eos_token_ids_json, architecture, parameters, layers, context_length, ttft_slo_ms, bytes, created_at)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+             eos_token_ids_json, architecture, parameters, layers, context_length, ttft_slo_ms, gpu_keep_alive_ms,
+             host_keep_alive_ms, bytes, created_at)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
         )
         .run(
           m.name,
@@ -158,6 +169,8 @@ export class Registry {
           m.layers,
           m.contextLength,
           m.ttftSloMs,
+          m.gpuKeepAliveMs,
+          m.hostKeepAliveMs,
           m.bytes,
           createdAt,
         );

@@ -17,6 +17,8 @@ export async function adminModelRoutes(app: FastifyInstance): Promise<void> {
       files:
         request.body.files?.map((f) => ({ ...f, chunkBytes: f.chunkBytes ?? null, chunkSha256: f.chunkSha256 ?? null })) ?? null,
       ttftSloMs: request.body.ttftSloMs ?? null,
+      gpuKeepAliveMs: request.body.gpuKeepAliveMs ?? null,
+      hostKeepAliveMs: request.body.hostKeepAliveMs ?? null,
     });
     try {
       const record = app.registry.addModel(model);

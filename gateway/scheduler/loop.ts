@@ -15,6 +15,19 @@
 // frees everything until the swap-out path (issue 5) exists. Requests on the consolidated
 // instance are traced warm with a `consolidated` marker; the time from the pipeline's READY to
 // the whole model's goes to the log and paraserve_consolidation_seconds.
+// GPU sharing (issue 5; ARCHITECTURE.md "GPU sharing"): every request is admitted to its model's
+// bounded queue (swap-policy.ts admit; full → 429 with Retry-After) and leaves it when it is
+// placed. A whole-model request is routed by swap-policy.ts routeRequest over the view
+// sharing.ts builds: run on an instance with a free batch slot (the slot is reserved at once, so
+// the next decision sees it taken); wait for a busy instance, a swap-in or a load under way; swap
+// the model in from a worker's host cache or move it between GPUs (SwapIn, after SwapOut of the
+// idle copies the policy evicts); or make room and cold-start through decide(). Requests waiting
+// for a slot or for room sleep until something changes (a request ends, a swap or load settles,
+// a snapshot arrives) and are woken least slack first (nextRequest), each deciding again in that
+// order. Keep-alive: expireIdle runs after every change and on a timer armed for the next expiry;
+// idle GPU copies are swapped out, then idle host copies unloaded (scale to zero). A swap-out or
+// unload counts from the worker's answer until its snapshot shows it, so no decision runs on a
+// copy that is leaving.
 // Faults during a cold start: a load (whole model or any stage) whose worker dies or becomes
 // unreachable (LoadStage fails UNAVAILABLE, or the event stream marks the worker DOWN, which
 // cancels the load) is re-placed for every request waiting on it — decide() again over a state
@@ -36,6 +49,7 @@ import {
   badRequest,
   clientClosed,
   gatewayTimeout,
+  queueFull,
   serviceUnavailable,
   workerFailed,
 } from '../errors.js';
@@ -45,8 +59,34 @@ import { readCheckpointTensors } from '../../worker/models/safetensors.js';
 import { openModelSource } from '../../worker/models/source.js';
 import { planStages, stageByteProfile, stageBytes, type StageByteProfile } from '../../worker/models/stage-plan.js';
 import type { WorkerChannel } from '../cluster/worker-channel.js';
+import { COLD_START_DEFAULTS } from './coldstart.js';
 import { chooseConsolidationTarget, decide, withoutInstances, withoutWorkers } from './decide.js';
-import { TraceStore, recordProgress, type LoadTrace, type RequestTrace, type RequestTracer, type StageLoadTrace } from './trace.js';
+import { hostInstanceOf, swapModelOf, swapServers, type InFlightSwap, type SharingDefaults } from './sharing.js';
+import {
+  admit,
+  buildSwapView,
+  emptyQueue,
+  expireIdle,
+  nextRequest,
+  routeRequest,
+  SWAP_DEFAULTS,
+  type Eviction,
+  type ModelQueue,
+  type QueuedRequest,
+  type RouteDecision,
+  type SwapFigures,
+  type SwapModel,
+  type SwapServer,
+} from './swap-policy.js';
+import {
+  TraceStore,
+  recordProgress,
+  type LoadTrace,
+  type RequestTrace,
+  type RequestTracer,
+  type StageLoadTrace,
+  type SwapTrace,
+} from './trace.js';
 import type {
   ColdStartExplanation,
   ColdStartRequest,
@@ -72,6 +112,11 @@ export interface LoadableModel {
   maxContext: number;
   /** Registered TTFT SLO, ms; null: cold starts use one worker unless a degree is forced. */
   ttftSloMs: number | null;
+  /** Weights (parameters) of the model: what its device footprint is estimated from before one was seen. */
+  parameters: number;
+  /** Registered keep-alives, ms; null: the loop's defaults. */
+  gpuKeepAliveMs: number | null;
+  hostKeepAliveMs: number | null;
 }
 
 export interface GenerationParams {
@@ -102,6 +147,10 @@ export interface LoopObserver {
   requestTraced(trace: RequestTrace): void;
   /** A pipeline's whole-model instance answered READY `seconds` after the pipeline did. */
   consolidated(model: string, seconds: number): void;
+  /** `waiting` requests of the model are queued (admitted, not placed yet). */
+  queued(model: string, waiting: number): void;
+  /** A SwapIn ('in') or SwapOut ('out') the gateway asked for ended after `seconds`. */
+  swapped(model: string, kind: 'in' | 'out', outcome: 'ok' | 'error', seconds: number): void;
 }
 
 export interface LoopOptions {
@@ -113,6 +162,12 @@ export interface LoopOptions {
   forcedPipelineDegree: number | null;
   /** Load a serving pipeline's model whole in the background, then dissolve the pipeline. */
   consolidate: boolean;
+  /** Requests each model's queue holds (waiting to be placed) before answering 429. */
+  queueCapacity: number;
+  /** Per-model values where the registry has none, and the batch capacity of an instance. */
+  sharing: SharingDefaults;
+  /** Swap host-cached models in; false: models that left the GPU start cold (a no-swapping baseline). */
+  swapping: boolean;
 }
 
 /** A load the gateway started: one stage, or every stage of a pipeline (same instance id). */
@@ -143,6 +198,48 @@ async function profileOf(model: LoadableModel): Promise<StageByteProfile> {
   const config = parseModelConfig(JSON.parse(model.configJson) as unknown);
   return stageByteProfile(await readCheckpointTensors(openModelSource(model.source)), config);
 }
+
+/** A swap-in or move that failed: `error` is what a request gets once it has failed too often. */
+class SwapFailedError extends Error {
+  override readonly name = 'SwapFailedError';
+
+  constructor(readonly error: ApiError) {
+    super(error.message);
+  }
+}
+
+/** A swap-in or move under way (or answered, until the snapshot shows it), shared by every request waiting on it. */
+interface SwapEntry {
+  swap: InFlightSwap;
+  trace: SwapTrace;
+  /** Resolves when the worker answered; rejects with a SwapFailedError. */
+  done: Promise<void>;
+}
+
+/** A swap-out or unload the gateway asked for, until the worker's snapshot shows it done. */
+interface LeavingEntry {
+  kind: 'swap-out' | 'unload';
+  model: string;
+  workerId: string;
+  answered: boolean;
+  /** Resolves once the copy is gone from where it was (or the call failed). */
+  confirmed: Promise<void>;
+  confirm: () => void;
+}
+
+/** One request's way through the swap policy, across its decisions. */
+interface RoutingProgress {
+  /** Swap-ins or moves it needed that failed. */
+  swapFailures: number;
+  /** What its last step slept for (a batch slot, room); null when it did not: a repeated sleep is traced once. */
+  asleep: 'slot' | 'room' | null;
+}
+
+/** Swap-ins of one request that may fail before it gives up. */
+const MAX_SWAP_FAILURES = 3;
+/** A request's duration, ms, predicted for a model before one has finished. */
+const DEFAULT_SERVICE_MS = 1_000;
+const NOBODY_BLOCKED: ReadonlySet<string> = new Set();
 
 /** Decisions per request before giving up (a load finishing counts as one). */
 const MAX_DECISIONS = 4;
@@ -188,9 +285,12 @@ class LoadFailedError extends Error {
   }
 }
 
-/** Whether a Generate that failed before its first token may be tried again elsewhere. */
+/**
+ * Whether a Generate that failed before its first token may be tried again on a fresh decision:
+ * the worker or the instance went away, or the instance is not on a device (any more).
+ */
 function retryable(e: unknown): boolean {
-  return isServiceError(e) && (e.code === GrpcStatus.UNAVAILABLE || e.code === GrpcStatus.NOT_FOUND);
+  return isServiceError(e) && (e.code === GrpcStatus.UNAVAILABLE || e.code === GrpcStatus.NOT_FOUND || e.code === GrpcStatus.FAILED_PRECONDITION);
 }
 
 function abortable<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
@@ -235,6 +335,31 @@ export class SchedulerLoop {
   private inflight = 0;
   private closed = false;
   private idleWaiters: (() => void)[] = [];
+  /** Each model's queue of requests not placed yet. */
+  private readonly queues = new Map<string, ModelQueue>();
+  /** Wake-ups of requests waiting for a batch slot or for room, by request id. */
+  private readonly sleepers = new Map<string, () => void>();
+  /** Swap-ins and moves by instance id. */
+  private readonly swaps = new Map<string, SwapEntry>();
+  /** Swap-outs and unloads by instance id. */
+  private readonly leaving = new Map<string, LeavingEntry>();
+  /** When the gateway last started or ended a request on, saw, or landed each instance. */
+  private readonly lastUsed = new Map<string, number>();
+  /** Models requests came for, as the swap policy sees them (keep-alive applies to these). */
+  private readonly models = new Map<string, SwapModel>();
+  /** Bytes an instance of each model was seen holding on a device or in host memory (its footprint, KV cache included). */
+  private readonly footprints = new Map<string, number>();
+  /** Parameters of the models requests came for. */
+  private readonly parameters = new Map<string, number>();
+  /**
+   * The most device bytes per parameter seen on any instance: a model not seen yet is estimated
+   * at that (workers compute in f32 on CPU, the KV cache comes on top); 0 until one was seen.
+   */
+  private bytesPerParameter = 0;
+  /** Mean request duration per model (placement to end), ms. */
+  private readonly serviceMs = new Map<string, number>();
+  private expiryTimer: NodeJS.Timeout | null = null;
+  private expiryQueued = false;
 
   constructor(
     private readonly cluster: ClusterState,
@@ -254,19 +379,21 @@ export class SchedulerLoop {
   }
 
   /**
-   * Decides and performs until the model has an instance to run on; ApiError when it cannot.
-   * A load that dies with its worker is re-placed without that worker (see the file comment)
-   * while `deadlineMs` (gateway clock) leaves time.
+   * Decides and performs until the model has an instance to run on, and reserves a batch slot
+   * on it (release() gives it back); ApiError when it cannot. Whole-model requests go through
+   * the swap policy first (swapStep). A load that dies with its worker is re-placed without
+   * that worker (see the file comment) while `deadlineMs` (gateway clock) leaves time.
    */
   async place(
     model: LoadableModel,
+    queued: QueuedRequest,
     signal: AbortSignal,
     trace: RequestTracer,
     deadlineMs: number,
   ): Promise<{ workerId: string; instanceId: string }> {
     const pipeline = await abortable(this.pipelinePlan(model), signal);
     const coldStart = pipeline === null ? await abortable(this.coldStartRequest(model), signal) : null;
-    const request: ScheduleRequest = { model: model.name, modelBytes: model.bytes, range: model.range, pipeline, coldStart };
+    const request: ScheduleRequest = { model: model.name, modelBytes: this.footprintOf(model), range: model.range, pipeline, coldStart };
     const excluded = new Set<string>();
     /** The last load that died with its worker; once set, waits end at the deadline. */
     let lost: LoadFailedError | null = null;
@@ -278,10 +405,14 @@ export class SchedulerLoop {
             atMs: deadlineMs,
             error: () => serviceUnavailable(`${lost?.message ?? ''}; the re-placed load did not finish before the request's deadline`, 'worker_lost'),
           };
-    for (let i = 0; i < MAX_DECISIONS + MAX_REPLACEMENTS; i++) {
+    const routing: RoutingProgress = { swapFailures: 0, asleep: null };
+    for (let i = 0; i < MAX_DECISIONS + MAX_REPLACEMENTS; ) {
       if (signal.aborted) throw clientClosed();
       if (this.closed) throw serviceUnavailable('the gateway is shutting down', 'shutting_down');
-      const action = decide(withoutInstances(withoutWorkers(this.state(), excluded), this.retired), request, Date.now());
+      const routed = this.shares(request, excluded) ? await this.swapStep(model, request, queued, trace, signal, deadlineMs, routing) : null;
+      if (routed === 'again') continue;
+      i++;
+      const action = routed ?? decide(withoutInstances(withoutWorkers(this.state(), excluded), this.retired), request, Date.now());
       this.log.debug({ model: model.name, action }, 'scheduling decision');
       if (action.kind !== 'reject') trace.decided(action.reason);
       try {
@@ -294,6 +425,8 @@ export class SchedulerLoop {
               Date.now(),
               this.consolidatedInstances.has(action.instanceId),
             );
+            this.reserve(action.instanceId);
+            this.dequeue(model.name, queued.id);
             return { workerId: action.workerId, instanceId: action.instanceId };
           case 'await-load': {
             const entry = this.loads.get(action.instanceId);
@@ -336,6 +469,443 @@ export class SchedulerLoop {
   }
 
   /**
+   * Whether the swap policy routes this request: a whole-model request (no forced pipeline) of a
+   * model without a pipeline, not being re-placed after a load died with its worker (decide()
+   * re-places those, as it always did).
+   */
+  private shares(request: ScheduleRequest, excluded: ReadonlySet<string>): boolean {
+    if (request.pipeline !== null || excluded.size > 0) return false;
+    const piped = (stage: { stageCount: number } | null): boolean => stage !== null && stage.stageCount > 1;
+    if (this.cluster.views().some((w) => w.instances.some((i) => i.model === request.model && piped(i.stage)))) return false;
+    return ![...this.loads.values()].some((e) => e.loads.some((l) => l.model === request.model && l.pipelineStage !== null));
+  }
+
+  /**
+   * One step of GPU-sharing routing (swap-policy.ts routeRequest): an action for place() to
+   * perform ('run-on', or 'await-load' for a load of the gateway's), null to go on with decide()
+   * (a cold start once room is made, or nothing in flight could make room: decide() then says
+   * what is missing), or 'again' after waiting or swapping. Failed swaps count in `routing`.
+   */
+  private async swapStep(
+    model: LoadableModel,
+    request: ScheduleRequest,
+    queued: QueuedRequest,
+    trace: RequestTracer,
+    signal: AbortSignal,
+    deadlineMs: number,
+    routing: RoutingProgress,
+  ): Promise<SchedulerAction | 'again' | null> {
+    const leavingCopies = [...this.leaving.values()].filter((e) => e.model === model.name);
+    if (leavingCopies.length > 0) {
+      await abortable(Promise.all(leavingCopies.map((e) => e.confirmed)), signal);
+      return 'again';
+    }
+    const now = Date.now();
+    const swapModel = this.swapModel(model, request);
+    const route = routeRequest(buildSwapView(this.swapServers(now), this.queuedByModel()), swapModel, this.figures(request), now);
+    this.predicted(model.name, route);
+    this.log.debug({ model: model.name, requestId: queued.id, route: route.kind, reason: route.reason }, 'swap routing');
+    const asleep = routing.asleep;
+    routing.asleep = null;
+    switch (route.kind) {
+      case 'run':
+        return { kind: 'run-on', workerId: route.serverId, instanceId: route.instanceId, reason: route.reason };
+      case 'wait': {
+        if (this.loads.has(route.instanceId)) return { kind: 'await-load', workerId: route.serverId, instanceId: route.instanceId, reason: route.reason };
+        const swap = this.swaps.get(route.instanceId);
+        if (swap) {
+          trace.decided(route.reason);
+          await this.waitOnSwap(swap, true, trace, signal, deadlineMs, routing);
+        } else {
+          if (asleep !== 'slot') trace.decided(route.reason);
+          trace.waitedForInstance();
+          routing.asleep = 'slot';
+          await this.sleep(queued.id, signal, deadlineMs);
+        }
+        return 'again';
+      }
+      case 'swap-in':
+      case 'move': {
+        trace.decided(route.reason);
+        let entry: SwapEntry;
+        try {
+          entry = this.startSwap(model.name, swapModel.bytes, route);
+        } catch (e) {
+          if (!(e instanceof SwapFailedError)) throw e;
+          this.swapFailed(e, trace, routing);
+          return 'again';
+        }
+        await this.waitOnSwap(entry, false, trace, signal, deadlineMs, routing);
+        return 'again';
+      }
+      case 'cold-start':
+        if (route.evictions.length > 0) {
+          trace.decided(`making room for a cold start: swapping out ${route.evictions.map((e) => e.instanceId).join(', ')}`);
+          await abortable(this.evict(route.evictions), signal);
+        }
+        return null;
+      case 'no-room':
+        if (!this.mayFreeRoom(model.name)) {
+          // With no READY worker decide() says which states they are in.
+          if (!this.cluster.views().some((w) => w.state === 'READY')) return null;
+          return { kind: 'reject', status: 503, reason: `${route.reason}, and nothing under way will make room` };
+        }
+        if (asleep !== 'room') trace.decided(`${route.reason}; waiting for room`);
+        routing.asleep = 'room';
+        await this.sleep(queued.id, signal, deadlineMs);
+        return 'again';
+    }
+  }
+
+  /**
+   * Whether anything under way may free device memory or a batch slot for `model` (else waiting
+   * is pointless): requests running, or queued for other models and not asleep themselves (a
+   * copy they protect or keep busy is freed once they ran), loads, swaps, or a worker reporting
+   * requests of its own.
+   */
+  private mayFreeRoom(model: string): boolean {
+    return (
+      this.active.size > 0 ||
+      this.loads.size > 0 ||
+      this.swaps.size > 0 ||
+      this.leaving.size > 0 ||
+      [...this.queues.values()].some((q) => q.model !== model && q.requests.some((r) => !this.sleepers.has(r.id))) ||
+      this.cluster.views().some((w) => w.state === 'READY' && w.activeRequests > 0)
+    );
+  }
+
+  /**
+   * Device bytes one instance of the model takes: as seen on an instance of it, else estimated
+   * from its parameters at the most bytes per parameter seen on any instance; never less than
+   * its registered weight bytes. Loads and room are planned with it.
+   */
+  private footprintOf(model: LoadableModel): number {
+    this.parameters.set(model.name, model.parameters);
+    const estimate = this.bytesPerParameter > 0 ? Math.ceil(model.parameters * this.bytesPerParameter) : 0;
+    return Math.max(model.bytes, this.footprints.get(model.name) ?? estimate);
+  }
+
+  /** The model as the swap policy sees it now (remembered for keep-alive). */
+  private swapModel(model: LoadableModel, request: ScheduleRequest): SwapModel {
+    const m = swapModelOf(model, request.coldStart?.profile ?? null, request.modelBytes, this.opts.sharing);
+    this.models.set(model.name, m);
+    return m;
+  }
+
+  private figures(request: ScheduleRequest): SwapFigures {
+    return {
+      ...SWAP_DEFAULTS,
+      maxColdStartDegree: request.coldStart?.maxDegree ?? 1,
+      swapping: this.opts.swapping,
+    };
+  }
+
+  /** What the queue's slack is net of: the predicted time to first token of the last route. */
+  private predicted(model: string, route: RouteDecision): void {
+    const queue = this.queues.get(model);
+    if (queue && route.kind !== 'no-room') this.queues.set(model, { ...queue, predictedServiceMs: route.predictedTtftMs });
+  }
+
+  private queuedByModel(): Map<string, number> {
+    return new Map([...this.queues.values()].map((q) => [q.model, q.requests.length]));
+  }
+
+  private swapServers(now: number): SwapServer[] {
+    return swapServers(
+      {
+        workers: this.cluster.views(),
+        loads: this.state().loads,
+        swaps: [...this.swaps.values()].map((e) => e.swap),
+        leaving: new Set([...this.leaving.keys(), ...this.retired]),
+        gatewayActive: this.active,
+        lastUsed: this.lastUsed,
+        slotFreeInMs: (model) => this.serviceMs.get(model) ?? DEFAULT_SERVICE_MS,
+        loadReadyAtMs: (load) =>
+          load.startedMs + (load.bytes / COLD_START_DEFAULTS.fetchBytesPerS) * 1000 + COLD_START_DEFAULTS.initMs,
+      },
+      now,
+    );
+  }
+
+  /**
+   * Asks for a swap-in (from the host copy on the target worker) or a move (of the busy
+   * instance), after swapping out the evicted copies; registered at once, so the next decision
+   * sees it landing. SwapFailedError when the worker or its host copy is gone.
+   */
+  private startSwap(model: string, bytes: number, route: Extract<RouteDecision, { kind: 'swap-in' | 'move' }>): SwapEntry {
+    const workerId = route.to.serverId;
+    const view = this.cluster.view(workerId);
+    const channel = this.cluster.channel(workerId);
+    const busy = new Set([...this.swaps.keys(), ...this.leaving.keys()]);
+    const instanceId = route.kind === 'move' ? route.from.instanceId : view === null ? null : (hostInstanceOf(view, model, busy)?.instanceId ?? null);
+    if (instanceId === null || channel === null) {
+      const why = channel === null ? `worker ${workerId} went away` : `worker ${workerId} holds no host copy of model '${model}' any more`;
+      throw new SwapFailedError(serviceUnavailable(`swapping model '${model}' in failed: ${why}`, 'swap_failed'));
+    }
+    const started = Date.now();
+    const swap: InFlightSwap = { instanceId, model, workerId, device: route.to.gpu, bytes, readyAtMs: started + route.predictedTtftMs, status: 'swapping' };
+    const trace: SwapTrace = {
+      kind: route.kind,
+      instanceId,
+      workerId,
+      device: null,
+      source: route.kind === 'move' ? route.source : 'host',
+      joined: false,
+      evicted: route.evictions.map((e) => e.instanceId),
+      workerMs: null,
+      bytes: null,
+      reason: route.reason,
+    };
+    const done = this.evict(route.evictions)
+      .then(() => channel.swapIn(instanceId, route.to.gpu, this.opts.loadTimeoutMs))
+      .then(
+        (reply) => {
+          swap.status = 'landed';
+          trace.device = reply.device;
+          trace.workerMs = reply.elapsedMs;
+          trace.bytes = reply.bytes;
+          if (reply.source === 'host' || reply.source === 'peer') trace.source = reply.source;
+          this.lastUsed.set(instanceId, Date.now());
+          this.observer.swapped(model, 'in', 'ok', (Date.now() - started) / 1000);
+          this.log.info({ instanceId, worker: workerId, device: reply.device, ms: reply.elapsedMs, source: reply.source }, 'swapped in');
+          this.prune();
+        },
+        (e: unknown) => {
+          if (this.swaps.get(instanceId)?.swap === swap) this.swaps.delete(instanceId);
+          this.observer.swapped(model, 'in', 'error', (Date.now() - started) / 1000);
+          this.log.warn({ instanceId, worker: workerId, err: describe(e) }, 'swap-in failed');
+          this.changed();
+          const code = isServiceError(e) ? e.code : null;
+          throw new SwapFailedError(
+            serviceUnavailable(`swapping ${instanceId} in on worker ${workerId} failed: ${describe(e)}`, code === GrpcStatus.RESOURCE_EXHAUSTED ? 'worker_busy' : 'swap_failed'),
+          );
+        },
+      );
+    const entry: SwapEntry = { swap, trace, done };
+    this.swaps.set(instanceId, entry);
+    return entry;
+  }
+
+  /**
+   * Waits for a swap (no later than the request's deadline), telling the trace; a failed swap
+   * counts in `routing` and the request decides again, until MAX_SWAP_FAILURES.
+   */
+  private async waitOnSwap(
+    entry: SwapEntry,
+    joined: boolean,
+    trace: RequestTracer,
+    signal: AbortSignal,
+    deadlineMs: number,
+    routing: RoutingProgress,
+  ): Promise<void> {
+    const mine: SwapTrace = { ...entry.trace, joined };
+    const started = Date.now();
+    let timer: NodeJS.Timeout | null = null;
+    const expiry = new Promise<never>((_resolve, reject) => {
+      timer = setTimeout(() => reject(gatewayTimeout(`the swap-in of ${entry.swap.instanceId} did not finish before the request's deadline`)), Math.max(0, deadlineMs - started));
+    });
+    try {
+      await abortable(Promise.race([entry.done, expiry]), signal);
+    } catch (e) {
+      if (!(e instanceof SwapFailedError)) throw e;
+      this.swapFailed(e, trace, routing);
+    } finally {
+      if (timer !== null) clearTimeout(timer);
+      Object.assign(mine, entry.trace, { joined });
+      trace.waitedOnSwap(mine, Date.now() - started);
+    }
+  }
+
+  /** A swap the request needed failed: noted in its trace; its error once it happened MAX_SWAP_FAILURES times. */
+  private swapFailed(e: SwapFailedError, trace: RequestTracer, routing: RoutingProgress): void {
+    routing.swapFailures += 1;
+    trace.decided(`failed: ${e.message}`);
+    if (routing.swapFailures >= MAX_SWAP_FAILURES) throw e.error;
+  }
+
+  /**
+   * Swaps the evicted copies out (unloads them without swapping: the baseline's evicted models go
+   * back to storage); resolves once their workers' snapshots show them gone (or the calls failed).
+   */
+  private evict(evictions: readonly Eviction[]): Promise<void> {
+    return Promise.all(evictions.map((e) => this.dropCopy(e.serverId, e.instanceId, e.model, this.leaveDevice(), 'making room').confirmed)).then(() => undefined);
+  }
+
+  /** How a copy leaves a device: swapped out to its host copy, or (no swapping) unloaded. */
+  private leaveDevice(): LeavingEntry['kind'] {
+    return this.opts.swapping ? 'swap-out' : 'unload';
+  }
+
+  /**
+   * Starts a SwapOut ('swap-out') or an UnloadStage ('unload') of an instance, or joins the one
+   * under way. The entry counts until the snapshot confirms it (prune), so no decision uses the
+   * copy meanwhile; a failure confirms at once (NOT_FOUND: it was gone already).
+   */
+  private dropCopy(workerId: string, instanceId: string, model: string, kind: LeavingEntry['kind'], reason: string): LeavingEntry {
+    const existing = this.leaving.get(instanceId);
+    if (existing) return existing;
+    // A landed swap-in of it is over: from here the copy is leaving, whatever snapshots lag behind.
+    if (this.swaps.get(instanceId)?.swap.status === 'landed') this.swaps.delete(instanceId);
+    let confirm: () => void = () => undefined;
+    const confirmed = new Promise<void>((resolve) => (confirm = resolve));
+    const entry: LeavingEntry = { kind, model, workerId, answered: false, confirmed, confirm };
+    const channel = this.cluster.channel(workerId);
+    if (channel === null) {
+      entry.confirm();
+      return entry;
+    }
+    this.leaving.set(instanceId, entry);
+    this.log.info({ worker: workerId, instanceId, reason }, kind === 'swap-out' ? 'swapping out' : 'unloading');
+    const started = Date.now();
+    const call = kind === 'swap-out' ? channel.swapOut(instanceId, UNLOAD_TIMEOUT_MS) : channel.unloadStage(instanceId, UNLOAD_TIMEOUT_MS);
+    call.then(
+      () => {
+        entry.answered = true;
+        if (kind === 'swap-out') this.observer.swapped(model, 'out', 'ok', (Date.now() - started) / 1000);
+        const fallback = setTimeout(() => this.settleLeaving(instanceId), LOST_CONFIRM_MS);
+        fallback.unref();
+        void confirmed.then(() => clearTimeout(fallback));
+        this.prune();
+      },
+      (e: unknown) => {
+        if (!(isServiceError(e) && e.code === GrpcStatus.NOT_FOUND)) {
+          if (kind === 'swap-out') this.observer.swapped(model, 'out', 'error', (Date.now() - started) / 1000);
+          this.log.warn({ worker: workerId, instanceId, err: describe(e) }, kind === 'swap-out' ? 'swap-out failed' : 'unload failed');
+        }
+        this.settleLeaving(instanceId);
+      },
+    );
+    return entry;
+  }
+
+  private settleLeaving(instanceId: string): void {
+    const entry = this.leaving.get(instanceId);
+    if (!entry) return;
+    this.leaving.delete(instanceId);
+    entry.confirm();
+    this.changed();
+  }
+
+  /**
+   * Sleeps until wakeAll() (something changed), the request's deadline (504) or the client
+   * leaving (499).
+   */
+  private sleep(requestId: string, signal: AbortSignal, deadlineMs: number): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const cleanup = (): void => {
+        clearTimeout(timer);
+        signal.removeEventListener('abort', onAbort);
+        this.sleepers.delete(requestId);
+      };
+      const onAbort = (): void => {
+        cleanup();
+        reject(clientClosed());
+      };
+      const timer = setTimeout(() => {
+        cleanup();
+        reject(gatewayTimeout(`the request waited in its model's queue until its deadline (${this.opts.requestTimeoutMs} ms after arrival)`));
+      }, Math.max(0, deadlineMs - Date.now()));
+      if (signal.aborted) return onAbort();
+      signal.addEventListener('abort', onAbort, { once: true });
+      this.sleepers.set(requestId, () => {
+        cleanup();
+        resolve();
+      });
+    });
+  }
+
+  /** Wakes every sleeping request, least slack first: each decides again in that order. */
+  private wakeAll(): void {
+    if (this.sleepers.size === 0) return;
+    const now = Date.now();
+    let queues = [...this.queues.values()];
+    const order: string[] = [];
+    for (let pick = nextRequest(queues, now, NOBODY_BLOCKED); pick !== null; pick = nextRequest(queues, now, NOBODY_BLOCKED)) {
+      order.push(pick.request.id);
+      const rest = pick.queue;
+      queues = queues.map((q) => (q.model === rest.model ? rest : q));
+    }
+    for (const id of [...order, ...this.sleepers.keys()]) this.sleepers.get(id)?.();
+  }
+
+  /** Something that may change a decision happened: wake the sleepers, look at keep-alives. */
+  private changed(): void {
+    this.wakeAll();
+    if (this.expiryQueued || this.closed) return;
+    this.expiryQueued = true;
+    setImmediate(() => {
+      this.expiryQueued = false;
+      this.expire();
+    });
+  }
+
+  /**
+   * Keep-alive (swap-policy.ts expireIdle): swaps idle GPU copies out and unloads idle host
+   * copies, then arms one timer for the next keep-alive to run out.
+   */
+  private expire(): void {
+    if (this.closed) return;
+    const now = Date.now();
+    const { actions, nextExpiryMs } = expireIdle(this.swapServers(now), this.models, this.queuedByModel(), now);
+    for (const a of actions) {
+      this.log.info({ worker: a.serverId, model: a.model, reason: a.reason }, 'keep-alive ran out');
+      if (a.kind === 'swap-out') {
+        this.dropCopy(a.serverId, a.instanceId, a.model, this.leaveDevice(), a.reason);
+        continue;
+      }
+      for (const i of this.cluster.view(a.serverId)?.instances ?? []) {
+        if (i.model === a.model && i.residency === 'HOST_ONLY' && !this.swaps.has(i.instanceId)) this.dropCopy(a.serverId, i.instanceId, a.model, 'unload', a.reason);
+      }
+    }
+    if (this.expiryTimer !== null) clearTimeout(this.expiryTimer);
+    this.expiryTimer = null;
+    if (nextExpiryMs !== null) {
+      this.expiryTimer = setTimeout(() => this.expire(), Math.max(0, nextExpiryMs - now) + 1);
+      this.expiryTimer.unref();
+    }
+  }
+
+  /** Takes a batch slot of an instance for a request placed on it. */
+  private reserve(instanceId: string): void {
+    this.active.set(instanceId, (this.active.get(instanceId) ?? 0) + 1);
+    this.lastUsed.set(instanceId, Date.now());
+  }
+
+  /** Gives a reserved slot back when its request ended (`ranMs`: placement to end; null when it never ran). */
+  private release(model: string, instanceId: string, ranMs: number | null): void {
+    const n = (this.active.get(instanceId) ?? 1) - 1;
+    if (n <= 0) this.active.delete(instanceId);
+    else this.active.set(instanceId, n);
+    this.lastUsed.set(instanceId, Date.now());
+    if (ranMs !== null) this.serviceMs.set(model, 0.8 * (this.serviceMs.get(model) ?? ranMs) + 0.2 * ranMs);
+    if (n <= 0 && this.dissolving.has(instanceId)) this.dissolve();
+    this.changed();
+  }
+
+  /** Admits a request to its model's queue; 429 (queueFull) when the queue is full. */
+  private enqueue(model: LoadableModel, params: GenerationParams): QueuedRequest {
+    const slo = model.ttftSloMs ?? this.opts.sharing.ttftSloMs;
+    const request: QueuedRequest = { id: params.requestId, model: model.name, arrivalMs: params.arrivalMs, deadlineMs: params.arrivalMs + slo };
+    const queue = this.queues.get(model.name) ?? emptyQueue(model.name, this.opts.queueCapacity);
+    const result = admit(queue, request, Date.now());
+    if (result.kind === 'rejected') {
+      params.trace.decided(`rejected: ${result.reason}`);
+      throw queueFull(`model '${model.name}' is busy: ${result.reason}`, result.retryAfterS);
+    }
+    this.queues.set(model.name, result.queue);
+    this.observer.queued(model.name, result.queue.requests.length);
+    return request;
+  }
+
+  private dequeue(model: string, requestId: string): void {
+    const queue = this.queues.get(model);
+    if (!queue || !queue.requests.some((r) => r.id === requestId)) return;
+    const requests = queue.requests.filter((r) => r.id !== requestId);
+    this.queues.set(model, { ...queue, requests });
+    this.observer.queued(model, requests.length);
+  }
+
+  /**
    * Waits for a load, telling the trace how long and what the load reports; with a `deadline`,
    * no later than its time (then its error).
    */
@@ -371,19 +941,24 @@ export class SchedulerLoop {
   }
 
   /**
-   * Places the request and streams its tokens. Failures before the first token are retried on
-   * a fresh decision; after it they end the stream with an ApiError. Aborting `signal` (client
-   * gone) and leaving the iteration early (stop sequence) both cancel the worker's call.
+   * Admits the request to its model's queue (429 when full), places it and streams its tokens.
+   * Failures before the first token are retried on a fresh decision; after it they end the
+   * stream with an ApiError. Aborting `signal` (client gone) and leaving the iteration early
+   * (stop sequence) both cancel the worker's call.
    */
   async *generate(model: LoadableModel, params: GenerationParams, signal: AbortSignal): AsyncGenerator<GenerationEvent> {
     this.inflight += 1;
     let failure: string | null = null;
+    let queued: QueuedRequest | null = null;
     try {
-      yield* this.attempts(model, params, signal);
+      if (this.closed) throw serviceUnavailable('the gateway is shutting down', 'shutting_down');
+      queued = this.enqueue(model, params);
+      yield* this.attempts(model, queued, params, signal);
     } catch (e) {
       failure = describe(e);
       throw e;
     } finally {
+      if (queued !== null) this.dequeue(model.name, queued.id);
       params.trace.end(Date.now(), failure);
       this.observer.requestTraced(params.trace.snapshot());
       this.inflight -= 1;
@@ -405,11 +980,13 @@ export class SchedulerLoop {
     });
   }
 
-  private async *attempts(model: LoadableModel, params: GenerationParams, signal: AbortSignal): AsyncGenerator<GenerationEvent> {
+  private async *attempts(model: LoadableModel, queued: QueuedRequest, params: GenerationParams, signal: AbortSignal): AsyncGenerator<GenerationEvent> {
     for (let attempt = 1; ; attempt++) {
-      const { workerId, instanceId } = await this.place(model, signal, params.trace, params.arrivalMs + this.opts.requestTimeoutMs);
+      const { workerId, instanceId } = await this.place(model, queued, signal, params.trace, params.arrivalMs + this.opts.requestTimeoutMs);
+      const placedMs = Date.now();
       const channel = this.cluster.channel(workerId);
       if (!channel) {
+        this.release(model.name, instanceId, null);
         if (attempt < MAX_GENERATE_ATTEMPTS) continue;
         throw serviceUnavailable(`worker ${workerId} went away before the request could start`);
       }
@@ -434,7 +1011,6 @@ export class SchedulerLoop {
       const onAbort = (): void => call.cancel();
       signal.addEventListener('abort', onAbort, { once: true });
       this.calls.add(call);
-      this.active.set(instanceId, (this.active.get(instanceId) ?? 0) + 1);
       let received = 0;
       let finished = false;
       try {
@@ -475,11 +1051,8 @@ export class SchedulerLoop {
       } finally {
         signal.removeEventListener('abort', onAbort);
         this.calls.delete(call);
-        const n = (this.active.get(instanceId) ?? 1) - 1;
-        if (n <= 0) this.active.delete(instanceId);
-        else this.active.set(instanceId, n);
         if (!finished) call.cancel();
-        if (n <= 0 && this.dissolving.has(instanceId)) this.dissolve();
+        this.release(model.name, instanceId, finished ? Date.now() - placedMs : null);
       }
     }
   }
@@ -525,6 +1098,10 @@ export class SchedulerLoop {
 
   /** Best effort: asks every worker holding the model to drop it; loads under way are cancelled. */
   unloadModel(name: string): void {
+    this.models.delete(name);
+    this.footprints.delete(name);
+    this.parameters.delete(name);
+    this.serviceMs.delete(name);
     for (const cache of [this.plans, this.profiles]) {
       for (const key of cache.keys()) {
         if (key.startsWith(`${name}\n`)) cache.delete(key);
@@ -549,6 +1126,8 @@ export class SchedulerLoop {
   close(): void {
     this.closed = true;
     this.unsubscribe();
+    if (this.expiryTimer !== null) clearTimeout(this.expiryTimer);
+    this.wakeAll();
     for (const entry of this.loads.values()) for (const call of entry.calls) call.cancel();
     for (const call of this.calls) call.cancel();
   }
@@ -751,6 +1330,7 @@ export class SchedulerLoop {
     entry.done.then(
       () => {
         for (const load of entry.loads) load.status = 'ready';
+        this.lastUsed.set(first.instanceId, Date.now());
         this.observer.loadFinished(model.name, 'ok', (Date.now() - first.startedMs) / 1000);
         this.log.info({ instanceId: first.instanceId, ms: Date.now() - first.startedMs }, 'model loaded');
         this.prune();
@@ -830,11 +1410,51 @@ export class SchedulerLoop {
   }
 
   /**
+   * The sharing side of a snapshot: instances seen for the first time count as used now (their
+   * keep-alive starts), each model's footprint is noted (the most device or host bytes one of
+   * its instances held), swap-ins the snapshot shows
+   * landed (or whose worker is gone) and swap-outs and unloads it shows done are forgotten.
+   * Then sleepers wake and keep-alives are looked at.
+   */
+  private pruneSharing(): void {
+    const now = Date.now();
+    const seen = new Set<string>();
+    for (const w of this.cluster.views()) {
+      for (const i of w.instances) {
+        seen.add(i.instanceId);
+        if (!this.lastUsed.has(i.instanceId)) this.lastUsed.set(i.instanceId, now);
+        if (i.stage === null || i.stage.stageCount <= 1) {
+          this.footprints.set(i.model, Math.max(this.footprints.get(i.model) ?? 0, i.deviceBytes, i.hostBytes));
+          const parameters = this.parameters.get(i.model) ?? 0;
+          if (parameters > 0) this.bytesPerParameter = Math.max(this.bytesPerParameter, i.deviceBytes / parameters);
+        }
+      }
+    }
+    for (const id of this.lastUsed.keys()) {
+      if (!seen.has(id) && !this.loads.has(id) && !this.swaps.has(id)) this.lastUsed.delete(id);
+    }
+    for (const [id, entry] of this.swaps) {
+      const w = this.cluster.view(entry.swap.workerId);
+      const i = w?.instances.find((x) => x.instanceId === id) ?? null;
+      const gone = w === null || w.state === 'DOWN' || i === null;
+      if (gone || (entry.swap.status === 'landed' && i.residency === 'ON_DEVICE' && i.device === entry.swap.device)) this.swaps.delete(id);
+    }
+    for (const [id, entry] of this.leaving) {
+      const w = this.cluster.view(entry.workerId);
+      const i = w?.instances.find((x) => x.instanceId === id) ?? null;
+      const done = w === null || w.state === 'DOWN' || i === null || (entry.kind === 'swap-out' && entry.answered && i.residency !== 'ON_DEVICE');
+      if (done) this.settleLeaving(id);
+    }
+    this.changed();
+  }
+
+  /**
    * Forgets finished loads once the workers' snapshots show every stage settled (or a worker is
    * gone); cancels the LoadStage of a stage whose worker went DOWN (its load then fails as lost).
    */
   private prune(): void {
     const listed = (id: string): boolean => this.cluster.views().some((w) => w.instances.some((i) => i.instanceId === id));
+    this.pruneSharing();
     for (const id of this.retired) {
       if (!listed(id) && !this.dissolving.has(id)) this.retired.delete(id);
     }

@@ -6,6 +6,11 @@
 // the header formatters below turn one into `x-paraserve-path` and `x-paraserve-timing`.
 // A load that died with its worker and was re-placed stays in `loads` and is named, with why,
 // in `failedAttempts` (its decision and the re-placement are in `decisions`).
+// GPU sharing (issue 5): a request served by swapping its model in from a host cache (or moving
+// it between GPUs) has the path `swap`, the swap-ins it waited on in `swaps` (with the copies
+// evicted to make room) and their time as the `swap_in` phase; one that waited for a busy
+// instance's batch slot is `warm` with `waited`. Waiting in the gateway's queue for room or a
+// slot is part of `queue`.
 import type { ColdStartExplanation } from './types.js';
 
 export type LoadPhaseName = 'FETCH' | 'COPY' | 'INIT';
@@ -37,6 +42,27 @@ export interface LoadTrace {
   stages: StageLoadTrace[];
 }
 
+/** A swap-in (or move between GPUs) a request waited on (started by it or joined). */
+export interface SwapTrace {
+  /** 'swap-in': from HOST_ONLY onto a device; 'move': a resident instance to another device. */
+  kind: 'swap-in' | 'move';
+  instanceId: string;
+  workerId: string;
+  /** Device it landed on; null until it did. */
+  device: number | null;
+  /** 'host': from the worker's host cache; 'peer': moved from another GPU of the worker. */
+  source: 'host' | 'peer';
+  /** This request joined a swap another request started. */
+  joined: boolean;
+  /** Instances swapped out first to make room. */
+  evicted: string[];
+  /** The worker's own figures (SwapReply); null until it answered. */
+  workerMs: number | null;
+  bytes: number | null;
+  /** Why the policy chose it. */
+  reason: string;
+}
+
 export type TracePath =
   | {
       kind: 'warm';
@@ -45,6 +71,20 @@ export type TracePath =
       degree: number;
       /** The instance is the whole-model instance that consolidated a pipeline. */
       consolidated: boolean;
+      /** The request waited in the gateway's queue for a batch slot of a busy instance. */
+      waited: boolean;
+    }
+  | {
+      kind: 'swap';
+      instanceId: string;
+      workerId: string;
+      /** Where the copy came from (the last swap waited on). */
+      source: 'host' | 'peer';
+      /** The model was moved from another GPU of the worker. */
+      moved: boolean;
+      joined: boolean;
+      /** Instances swapped out to make room. */
+      evicted: string[];
     }
   | {
       kind: 'cold';
@@ -67,6 +107,8 @@ export interface TraceTimings {
   queueMs: number | null;
   /** Waiting on loads (this request's own or one it joined). */
   loadMs: number | null;
+  /** Waiting on swap-ins or moves, the swap-outs that made room for them included. */
+  swapMs: number | null;
   /** Longest of each load phase over the stages of the load waited on. */
   fetchMs: number | null;
   copyMs: number | null;
@@ -107,6 +149,8 @@ export interface RequestTrace {
   loads: LoadTrace[];
   /** Loads that died with their worker before the request was placed, in order. */
   failedAttempts: FailedAttempt[];
+  /** Swap-ins and moves waited on, in order. */
+  swaps: SwapTrace[];
   timings: TraceTimings;
 }
 
@@ -141,6 +185,8 @@ function longest(values: (number | null)[]): number | null {
 export class RequestTracer {
   private readonly trace: RequestTrace;
   private loadWaitMs = 0;
+  private swapWaitMs = 0;
+  private waitedForSlot = false;
 
   constructor(requestId: string, model: string, arrivalMs: number) {
     this.trace = {
@@ -153,9 +199,11 @@ export class RequestTracer {
       decisions: [],
       loads: [],
       failedAttempts: [],
+      swaps: [],
       timings: {
         queueMs: null,
         loadMs: null,
+        swapMs: null,
         fetchMs: null,
         copyMs: null,
         initMs: null,
@@ -182,6 +230,17 @@ export class RequestTracer {
     this.loadWaitMs += waitedMs;
   }
 
+  /** The request waited `waitedMs` on a swap-in or move (its entry fills in when the worker answers). */
+  waitedOnSwap(swap: SwapTrace, waitedMs: number): void {
+    if (!this.trace.swaps.includes(swap)) this.trace.swaps.push(swap);
+    this.swapWaitMs += waitedMs;
+  }
+
+  /** The request waited for a batch slot of a busy instance. */
+  waitedForInstance(): void {
+    this.waitedForSlot = true;
+  }
+
   /** A load the request waited on died with its worker (`reason` says how). */
   attemptFailed(attempt: FailedAttempt): void {
     this.trace.failedAttempts.push(attempt);
@@ -193,9 +252,20 @@ export class RequestTracer {
    */
   placed(workerId: string, instanceId: string, degree: number, nowMs: number, consolidated: boolean): void {
     const load = this.trace.loads.find((l) => l.instanceId === instanceId) ?? this.trace.loads[this.trace.loads.length - 1];
+    const swap = [...this.trace.swaps].reverse().find((s) => s.instanceId === instanceId);
     this.trace.path =
-      load === undefined
-        ? { kind: 'warm', instanceId, workerId, degree, consolidated }
+      swap !== undefined
+        ? {
+            kind: 'swap',
+            instanceId,
+            workerId,
+            source: swap.source,
+            moved: swap.kind === 'move',
+            joined: swap.joined,
+            evicted: this.trace.swaps.flatMap((s) => s.evicted),
+          }
+        : load === undefined
+        ? { kind: 'warm', instanceId, workerId, degree, consolidated, waited: this.waitedForSlot }
         : {
             kind: 'cold',
             instanceId,
@@ -209,8 +279,9 @@ export class RequestTracer {
             note: load.coldStart.note,
           };
     const t = this.trace.timings;
-    t.queueMs = Math.max(0, nowMs - this.trace.arrivalMs - this.loadWaitMs);
+    t.queueMs = Math.max(0, nowMs - this.trace.arrivalMs - this.loadWaitMs - this.swapWaitMs);
     t.loadMs = this.trace.loads.length === 0 ? null : this.loadWaitMs;
+    t.swapMs = this.trace.swaps.length === 0 ? null : this.swapWaitMs;
   }
 
   firstToken(nowMs: number): void {
@@ -270,12 +341,23 @@ function token(value: string): string {
   return value.replace(/[^A-Za-z0-9._:@#/+-]/g, (c) => encodeURIComponent(c));
 }
 
-/** `warm;k=1;instance=m@w0#0;worker=w0[;consolidated]` or `cold;k=2;workers=w0,w1;instance=…;predicted_ms=…;slo_ms=…`. */
+/**
+ * `warm;k=1;instance=m@w0#0;worker=w0[;consolidated][;waited]`,
+ * `swap;from=host|peer;instance=…;worker=w0[;moved][;joined][;evicted=a,b]` or
+ * `cold;k=2;workers=w0,w1;instance=…;predicted_ms=…;slo_ms=…`.
+ */
 export function pathHeader(trace: RequestTrace): string | null {
   const p = trace.path;
   if (p === null) return null;
   if (p.kind === 'warm') {
-    return `warm;k=${p.degree};instance=${token(p.instanceId)};worker=${token(p.workerId)}${p.consolidated ? ';consolidated' : ''}`;
+    return `warm;k=${p.degree};instance=${token(p.instanceId)};worker=${token(p.workerId)}${p.consolidated ? ';consolidated' : ''}${p.waited ? ';waited' : ''}`;
+  }
+  if (p.kind === 'swap') {
+    const parts = ['swap', `from=${p.source}`, `instance=${token(p.instanceId)}`, `worker=${token(p.workerId)}`];
+    if (p.moved) parts.push('moved');
+    if (p.joined) parts.push('joined');
+    if (p.evicted.length > 0) parts.push(`evicted=${p.evicted.map(token).join(',')}`);
+    return parts.join(';');
   }
   const parts = [`cold`, `k=${p.degree}`, `workers=${p.workers.map(token).join(',')}`, `instance=${token(p.instanceId)}`];
   if (p.joined) parts.push('joined');
@@ -288,6 +370,7 @@ export function pathHeader(trace: RequestTrace): string | null {
 export function namedPhases(t: RequestTrace['timings']): [string, number | null][] {
   return [
     ['queue', t.queueMs],
+    ['swap_in', t.swapMs],
     ['load', t.loadMs],
     ['fetch', t.fetchMs],
     ['copy', t.copyMs],
@@ -299,11 +382,12 @@ export function namedPhases(t: RequestTrace['timings']): [string, number | null]
 }
 
 /** How many of namedPhases are known when a stream's headers go out (up to the first token). */
-const PHASES_UP_TO_FIRST_TOKEN = 6;
+const PHASES_UP_TO_FIRST_TOKEN = 7;
 
 /**
- * Server-Timing style: `queue;dur=1.2, load;dur=230, fetch;dur=…, …`. `upToFirstToken` keeps
- * what is known when a stream's headers go out (queue, load and its phases, first token).
+ * Server-Timing style: `queue;dur=1.2, swap_in;dur=40, load;dur=230, fetch;dur=…, …`.
+ * `upToFirstToken` keeps what is known when a stream's headers go out (queue, swap-in, load
+ * and its phases, first token).
  */
 export function timingHeader(trace: RequestTrace, upToFirstToken: boolean): string {
   const phases = namedPhases(trace.timings);

@@ -1,7 +1,8 @@
 // The scheduler's vocabulary: what it decides over (SchedulerState, ScheduleRequest) and what it
 // decides (SchedulerAction). Plain data only, so the same policy runs in the gateway's loop and
 // in a simulator. A pipelined cold start is the action 'load-pipeline-then-run': k stages on
-// k distinct workers sharing one instance id; swap-in arrives as another action kind. Cold
+// k distinct workers sharing one instance id. Swapping is decided by swap-policy.ts (its own
+// RouteDecision), which the loop asks first for whole-model requests. Cold
 // starts carry a ColdStartExplanation so the request's trace can say why they look as they do.
 // A serving pipeline is consolidated by a ConsolidationDecision: a whole-model load in the
 // background, on a worker decide.ts chooseConsolidationTarget picks.

@@ -23,6 +23,10 @@ export const RegisterModelBody = Type.Object({
   /** Omitted or null: the gateway hashes the files itself. */
   files: Type.Optional(Nullable(Type.Array(ModelFileInput, { minItems: 1 }))),
   ttftSloMs: Type.Optional(Nullable(Type.Number({ exclusiveMinimum: 0 }))),
+  /** Idle ms on a device before a swap-out; omitted or null: the gateway's default. */
+  gpuKeepAliveMs: Type.Optional(Nullable(Type.Number({ minimum: 0 }))),
+  /** Idle ms in host memory after the swap-out before the unload; omitted or null: the gateway's default. */
+  hostKeepAliveMs: Type.Optional(Nullable(Type.Number({ minimum: 0 }))),
 });
 export type RegisterModelBody = Static<typeof RegisterModelBody>;
 

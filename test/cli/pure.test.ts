@@ -87,6 +87,8 @@ function record(source: string): ModelRecord {
     layers: 1,
     contextLength: 1,
     ttftSloMs: null,
+    gpuKeepAliveMs: null,
+    hostKeepAliveMs: null,
     createdAt: '2025-01-01T00:00:00Z',
     files: [{ path: 'config.json', size: 1, sha256: 'a'.repeat(64), chunkBytes: 0, chunkSha256: [] }],
   };

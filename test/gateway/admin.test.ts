@@ -24,6 +24,8 @@ t.test('registering models', async (t) => {
     layers: 2,
     contextLength: 4096,
     ttftSloMs: 800,
+    gpuKeepAliveMs: null,
+    hostKeepAliveMs: null,
     createdAt: String,
   });
   t.ok(model.parameters > 100_000);
@@ -46,6 +48,10 @@ t.test('registering models', async (t) => {
   const badName = await register({ name: 'a@b', source, files: null, ttftSloMs: null });
   t.equal(badName.statusCode, 400);
   t.match(badName.json(), { error: { param: 'name' } });
+
+  const badKeepAlive = await register({ name: 'x', source, files: null, gpuKeepAliveMs: -1 });
+  t.equal(badKeepAlive.statusCode, 400);
+  t.match(badKeepAlive.json(), { error: { param: 'gpuKeepAliveMs' } });
 
   const badDigest = await register({ name: 'x', source, files: [{ path: 'a', size: 1, sha256: 'nothex' }], ttftSloMs: null });
   t.match(badDigest.json(), { error: { param: 'files[0].sha256' } });

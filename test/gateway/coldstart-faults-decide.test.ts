@@ -34,6 +34,7 @@ function instance(id: string, stage: { index: number; count: number } | null): I
     hostBytes: GiB,
     activeRequests: 0,
     error: null,
+    lastUsedMs: 0,
   };
 }
 

@@ -16,6 +16,9 @@ async function addWorker(t: Test, c: Cluster, opts: Partial<FakeWorkerOptions> &
     freeBytes: 1e9,
     script: () => ({ tokens: c.tokenizer.encode('Hello world', false), end: 'stop' }),
     loadGate: null,
+    instanceBytes: 1000,
+    swapGate: null,
+    swapError: null,
     ...opts,
   });
   t.teardown(() => w.close());

@@ -301,6 +301,7 @@ t.test('serverFigures from a worker view', async (t) => {
     hostBytes: 3 * GB,
     activeRequests: 0,
     error: null,
+    lastUsedMs: 0,
     ...o,
   });
   const view: WorkerView = {
@@ -316,6 +317,7 @@ t.test('serverFigures from a worker view', async (t) => {
     activeRequests: 0,
     hostCacheBytes: 15 * GB,
     hostCacheLimit: 100 * GB,
+    hostCachePinned: true,
     fetchBytesPerS: 0,
     lastSeenMs: 0,
   };

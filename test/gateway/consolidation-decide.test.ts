@@ -14,11 +14,11 @@ const RANGE = { layerStart: 0, layerEnd: 2, hasEmbeddings: true, hasHead: true }
 const PIPE = 'm@a#0';
 
 function stage(index: number, o: Partial<InstanceView> = {}): InstanceView {
-  return { instanceId: PIPE, model: 'm', stage: stageView(index, 2), device: 0, residency: 'ON_DEVICE', deviceBytes: GiB, hostBytes: GiB, activeRequests: 0, error: null, ...o };
+  return { instanceId: PIPE, model: 'm', stage: stageView(index, 2), device: 0, residency: 'ON_DEVICE', deviceBytes: GiB, hostBytes: GiB, activeRequests: 0, error: null, lastUsedMs: 0, ...o };
 }
 
 function whole(id: string, o: Partial<InstanceView> = {}): InstanceView {
-  return { instanceId: id, model: 'm', stage: null, device: 0, residency: 'ON_DEVICE', deviceBytes: 2 * GiB, hostBytes: 2 * GiB, activeRequests: 0, error: null, ...o };
+  return { instanceId: id, model: 'm', stage: null, device: 0, residency: 'ON_DEVICE', deviceBytes: 2 * GiB, hostBytes: 2 * GiB, activeRequests: 0, error: null, lastUsedMs: 0, ...o };
 }
 
 /** Pipeline m@a#0: stage 0 on a, stage 1 on b; `freeA`/`freeB` their free bytes; `others` more workers. */

@@ -11,7 +11,7 @@ import { GiB, readyWorker, stageView } from './fixtures/scheduler-views.js';
 const NOW = 5_000_000;
 
 function stageInstance(id: string, index: number, count: number, o: Partial<InstanceView> = {}): InstanceView {
-  return { instanceId: id, model: 'm', stage: stageView(index, count), device: 0, residency: 'ON_DEVICE', deviceBytes: GiB, hostBytes: GiB, activeRequests: 0, error: null, ...o };
+  return { instanceId: id, model: 'm', stage: stageView(index, count), device: 0, residency: 'ON_DEVICE', deviceBytes: GiB, hostBytes: GiB, activeRequests: 0, error: null, lastUsedMs: 0, ...o };
 }
 
 function plan(k: number, bytes = GiB): PlannedStage[] {

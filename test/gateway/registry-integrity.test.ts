@@ -121,6 +121,7 @@ t.test('a registry written by schema 1 migrates; its models load without chunks'
   const registry = Registry.open(file);
   t.same(registry.getModel('old')?.files, [{ path: 'model.safetensors', size: 7, sha256: 'a'.repeat(64), chunkBytes: 0, chunkSha256: [] }]);
   t.same(registry.getModelArtifacts('old')?.eosTokenIds, [2]);
+  t.match(registry.getModel('old'), { gpuKeepAliveMs: null, hostKeepAliveMs: null }, 'rows from before keep-alive take the defaults');
   const added = registry.addModel({
     name: 'new',
     source: 'file:///n',
@@ -135,6 +136,8 @@ t.test('a registry written by schema 1 migrates; its models load without chunks'
     layers: 1,
     contextLength: 8,
     ttftSloMs: null,
+    gpuKeepAliveMs: 30_000,
+    hostKeepAliveMs: null,
   });
   t.same(added.files[0]?.chunkSha256, ['c'.repeat(64), 'd'.repeat(64)]);
   registry.close();
@@ -146,6 +149,7 @@ t.test('a registry written by schema 1 migrates; its models load without chunks'
 
   const reopened = Registry.open(file);
   t.same(reopened.getModel('new'), added, 'chunks survive reopening');
+  t.match(reopened.getModel('new'), { gpuKeepAliveMs: 30_000, hostKeepAliveMs: null }, 'keep-alive survives reopening');
   t.same(reopened.listModels().map((m) => m.name), ['new', 'old']);
   reopened.close();
 });

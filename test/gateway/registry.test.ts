@@ -21,6 +21,8 @@ function newModel(name: string): NewModel {
     layers: 2,
     contextLength: 4096,
     ttftSloMs: 500,
+    gpuKeepAliveMs: 60_000,
+    hostKeepAliveMs: 600_000,
   };
 }
 
@@ -28,7 +30,7 @@ t.test('models and keys survive closing and reopening the file', async (t) => {
   const file = path.join(await tempDir(t), 'registry.sqlite');
   const first = Registry.open(file);
   const added = first.addModel(newModel('a'));
-  first.addModel({ ...newModel('b'), ttftSloMs: null });
+  first.addModel({ ...newModel('b'), ttftSloMs: null, gpuKeepAliveMs: null, hostKeepAliveMs: 5 });
   const { key } = first.createApiKey('ci');
   first.close();
 
@@ -36,10 +38,10 @@ t.test('models and keys survive closing and reopening the file', async (t) => {
   t.teardown(() => again.close());
   t.same(again.getModel('a'), added);
   t.same(
-    again.listModels().map((m) => [m.name, m.ttftSloMs]),
+    again.listModels().map((m) => [m.name, m.ttftSloMs, m.gpuKeepAliveMs, m.hostKeepAliveMs]),
     [
-      ['a', 500],
-      ['b', null],
+      ['a', 500, 60_000, 600_000],
+      ['b', null, null, 5],
     ],
   );
   t.same(again.getModelArtifacts('a'), {

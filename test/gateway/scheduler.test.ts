@@ -18,6 +18,7 @@ function createInstance(o: Partial<InstanceView> = {}): InstanceView {
     hostBytes: GiB,
     activeRequests: 0,
     error: null,
+    lastUsedMs: 0,
     ...o,
   };
 }
@@ -34,6 +35,7 @@ function createWorker(o: Partial<WorkerView> & { free?: number[] } = {}): Worker
     activeRequests: 0,
     hostCacheBytes: 0,
     hostCacheLimit: 0,
+    hostCachePinned: false,
     fetchBytesPerS: 0,
     lastSeenMs: NOW,
     ...rest,

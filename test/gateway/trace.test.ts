@@ -1,7 +1,7 @@
 // Request traces as data: LoadProgress reports folded into phase spans, the path and timing
 // headers a trace becomes, and the store keeping only the last requests.
 import t from 'tap';
-import { pathHeader, phaseMs, recordProgress, RequestTracer, timingHeader, TraceStore, type StageLoadTrace } from '../../gateway/scheduler/trace.js';
+import { pathHeader, phaseMs, recordProgress, RequestTracer, timingHeader, TraceStore, type StageLoadTrace, type SwapTrace } from '../../gateway/scheduler/trace.js';
 import type { ColdStartExplanation } from '../../gateway/scheduler/types.js';
 
 const explanation: ColdStartExplanation = {
@@ -71,6 +71,44 @@ t.test('a request on a consolidated instance is warm with a consolidated marker'
   const trace = tracer.snapshot();
   t.match(trace.path, { kind: 'warm', consolidated: true, degree: 1 });
   t.equal(pathHeader(trace), 'warm;k=1;instance=m@w0#1;worker=w0;consolidated');
+});
+
+t.test('a swapped-in request: swap path, swap_in phase out of the queue time', async (t) => {
+  const tracer = new RequestTracer('req-5', 'm', 0);
+  const swap: SwapTrace = {
+    kind: 'swap-in',
+    instanceId: 'm@w 0#0',
+    workerId: 'w0',
+    device: 0,
+    source: 'host',
+    joined: false,
+    evicted: ['a@w0#0', 'b@w0#0'],
+    workerMs: 30,
+    bytes: 1000,
+    reason: 'swap-in: …',
+  };
+  tracer.waitedOnSwap(swap, 40);
+  tracer.placed('w0', 'm@w 0#0', 1, 50, false);
+  tracer.firstToken(60);
+  const trace = tracer.snapshot();
+  t.match(trace.path, { kind: 'swap', source: 'host', moved: false, joined: false, evicted: ['a@w0#0', 'b@w0#0'] });
+  t.equal(pathHeader(trace), 'swap;from=host;instance=m@w%200#0;worker=w0;evicted=a@w0#0,b@w0#0');
+  t.equal(timingHeader(trace, true), 'queue;dur=10, swap_in;dur=40, first_token;dur=60');
+  t.match(trace.timings, { queueMs: 10, swapMs: 40, loadMs: null });
+
+  const mover = new RequestTracer('req-6', 'm', 0);
+  mover.waitedOnSwap({ ...swap, kind: 'move', source: 'peer', joined: true, evicted: [] }, 5);
+  mover.placed('w0', 'm@w 0#0', 1, 5, false);
+  t.equal(pathHeader(mover.snapshot()), 'swap;from=peer;instance=m@w%200#0;worker=w0;moved;joined');
+});
+
+t.test('a request that waited for a batch slot is warm with a waited marker', async (t) => {
+  const tracer = new RequestTracer('req-7', 'm', 0);
+  tracer.waitedForInstance();
+  tracer.placed('w0', 'm@w0#0', 1, 25, false);
+  const trace = tracer.snapshot();
+  t.equal(pathHeader(trace), 'warm;k=1;instance=m@w0#0;worker=w0;waited');
+  t.equal(trace.timings.queueMs, 25, 'the wait is queue time');
 });
 
 t.test('TraceStore keeps the last `capacity` requests', async (t) => {

@@ -5,6 +5,7 @@ import { Option, type Command } from 'commander';
 import { announceReady, waitForStop } from '../lifecycle.js';
 import { collectList, dataDirOption, logLevelOption, parseIntIn, parsePort, resolvePath } from '../options.js';
 import { note } from '../output.js';
+import { DEFAULT_QUEUE_CAPACITY, DEFAULT_SHARING } from '../../scheduler/sharing.js';
 
 interface GatewayFlags {
   host: string;
@@ -15,6 +16,10 @@ interface GatewayFlags {
   requestTimeoutMs: number;
   pipelineDegree?: number;
   consolidate: boolean;
+  queueCapacity: number;
+  gpuKeepAliveMs: number;
+  hostKeepAliveMs: number;
+  swapping: boolean;
   logLevel: string;
 }
 
@@ -46,6 +51,25 @@ export function registerGatewayCommand(program: Command): void {
     .addOption(
       new Option('--no-consolidate', 'keep serving a pipelined cold start as a pipeline (default: load the model whole in the background, then dissolve the pipeline)'),
     )
+    .addOption(
+      new Option('--queue-capacity <n>', "requests each model's queue holds before answering 429 with Retry-After")
+        .default(DEFAULT_QUEUE_CAPACITY)
+        .argParser(parseIntIn(1, 1_000_000))
+        .env('PARASERVE_QUEUE_CAPACITY'),
+    )
+    .addOption(
+      new Option('--gpu-keep-alive-ms <ms>', 'idle time on a GPU before a model is swapped out to host memory (models registered without their own)')
+        .default(DEFAULT_SHARING.gpuKeepAliveMs)
+        .argParser(parseIntIn(0, 86_400_000))
+        .env('PARASERVE_GPU_KEEP_ALIVE_MS'),
+    )
+    .addOption(
+      new Option('--host-keep-alive-ms <ms>', 'idle time since its last use before a model leaves host memory too (scale to zero)')
+        .default(DEFAULT_SHARING.hostKeepAliveMs)
+        .argParser(parseIntIn(0, 86_400_000))
+        .env('PARASERVE_HOST_KEEP_ALIVE_MS'),
+    )
+    .addOption(new Option('--no-swapping', 'never swap host-cached models in: a model that left the GPU starts cold (a baseline)'))
     .addOption(logLevelOption())
     .action(async (flags: GatewayFlags) => {
       const { startGateway } = await import('../../server.js');
@@ -59,6 +83,10 @@ export function registerGatewayCommand(program: Command): void {
         requestTimeoutMs: flags.requestTimeoutMs,
         pipelineDegree: flags.pipelineDegree ?? null,
         consolidate: flags.consolidate,
+        queueCapacity: flags.queueCapacity,
+        gpuKeepAliveMs: flags.gpuKeepAliveMs,
+        hostKeepAliveMs: flags.hostKeepAliveMs,
+        swapping: flags.swapping,
       });
       announceReady({ type: 'paraserve:ready', role: 'gateway', url: gateway.url, id: null, address: null });
       const reason = await waitForStop();

@@ -9,6 +9,8 @@ import { formatBytes, formatCount, formatFields, formatTable, printJson, printTe
 
 interface RegisterFlags extends AdminFlags {
   ttftSloMs?: number;
+  gpuKeepAliveMs?: number;
+  hostKeepAliveMs?: number;
   hash: boolean;
   json?: boolean;
 }
@@ -26,6 +28,8 @@ export function registerModelsCommands(program: Command): void {
     .argument('<name>', 'model name clients will ask for')
     .argument('<source>', 'model directory, or file:// / http(s):// URI of one')
     .addOption(new Option('--ttft-slo-ms <ms>', 'time-to-first-token objective for this model').argParser(parseIntIn(1, 3_600_000)))
+    .addOption(new Option('--gpu-keep-alive-ms <ms>', 'idle time on a GPU before the model is swapped out to host memory (default: the gateway\'s)').argParser(parseIntIn(0, 86_400_000)))
+    .addOption(new Option('--host-keep-alive-ms <ms>', 'idle time in host memory after the swap-out before the model is unloaded (default: the gateway\'s)').argParser(parseIntIn(0, 86_400_000)))
     .addOption(new Option('--no-hash', 'let the gateway inspect and hash the files instead of this machine'))
     .addOption(jsonOption());
   adminOptions().forEach((o) => register.addOption(o));
@@ -33,7 +37,14 @@ export function registerModelsCommands(program: Command): void {
     const client = new AdminClient(flags.gateway, flags.adminToken ?? null);
     const source = await toSourceUri(sourceArg);
     const files = flags.hash ? await digestModel(source) : null;
-    const model = await client.registerModel({ name, source, files, ttftSloMs: flags.ttftSloMs ?? null });
+    const model = await client.registerModel({
+      name,
+      source,
+      files,
+      ttftSloMs: flags.ttftSloMs ?? null,
+      gpuKeepAliveMs: flags.gpuKeepAliveMs ?? null,
+      hostKeepAliveMs: flags.hostKeepAliveMs ?? null,
+    });
     if (flags.json === true) {
       printJson(model);
     } else {
@@ -90,5 +101,7 @@ function modelFields(m: ModelRecord): [string, string][] {
     ['layers', String(m.layers)],
     ['context', `${m.contextLength} tokens`],
     ['ttft slo', m.ttftSloMs === null ? '-' : `${m.ttftSloMs} ms`],
+    ['gpu keep-alive', m.gpuKeepAliveMs === null ? 'gateway default' : `${m.gpuKeepAliveMs} ms`],
+    ['host keep-alive', m.hostKeepAliveMs === null ? 'gateway default' : `${m.hostKeepAliveMs} ms`],
   ];
 }

@@ -228,13 +228,20 @@ async function registerDemoModel(client: AdminClient, name: string, source: stri
       note(`re-registering model ${name} from ${source}…`);
       const files = decision.reuseDigests && existing !== null ? existing.files : await digestModel(pathToFileURL(dir).href);
       await client.deleteModel(name);
-      await client.registerModel({ name, source, files, ttftSloMs: existing?.ttftSloMs ?? null });
+      await client.registerModel({
+        name,
+        source,
+        files,
+        ttftSloMs: existing?.ttftSloMs ?? null,
+        gpuKeepAliveMs: existing?.gpuKeepAliveMs ?? null,
+        hostKeepAliveMs: existing?.hostKeepAliveMs ?? null,
+      });
       return;
     }
     case 'register': {
       note(`registering model ${name}…`);
       const files = await digestModel(pathToFileURL(dir).href);
-      await client.registerModel({ name, source, files, ttftSloMs: null });
+      await client.registerModel({ name, source, files, ttftSloMs: null, gpuKeepAliveMs: null, hostKeepAliveMs: null });
       return;
     }
   }
