@@ -4,7 +4,7 @@
 #   test      build the CUDA backend, run the GPU tests against transformers (npm run test:gpu)
 #   bench     issue 3's benchmarks (bench/gpu-model.ts), transformers' speed as the baseline
 #   serve     `paraserve up` serves a completion from the GPU
-#   suite     the whole test suite with the CUDA build
+#   suite     the integration tests (real processes) with the CUDA build
 #   sharing   GPU sharing under a bursty load vs no swapping (bench/gpu-sharing.ts)
 #   coldstart cold start by pipeline degree on a 7B shape, one worker per GPU (bench/coldstart.ts)
 # Logs and JSON results go to $OUT (or ./gpu-out). Exit status 1 when a step failed.
@@ -43,10 +43,10 @@ for step in $steps; do
       grep -o '"backend":"[a-z]*"' "$out/up-workers.json" | sort | uniq -c
       head -c 300 "$out/up-completion.json"; echo ;;
     suite)
-      npx tap > "$out/suite.log" 2>&1 || fail suite
+      npx tap test/integration/ > "$out/suite.log" 2>&1 || fail suite
       tail -4 "$out/suite.log" ;;
     sharing)
-      node dist/bench/gpu-sharing.js --models 60 --duration-s 45 > "$out/gpu-sharing.log" 2>&1 || fail sharing
+      node dist/bench/gpu-sharing.js --models 60 --duration-s 45 --slo-ms 300 > "$out/gpu-sharing.log" 2>&1 || fail sharing
       tail -6 "$out/gpu-sharing.log" ;;
     coldstart)
       gpus=$(nvidia-smi -L | wc -l)

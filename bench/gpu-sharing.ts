@@ -13,6 +13,9 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
+import { pathToFileURL } from 'node:url';
+import { hashModelFiles } from '../worker/models/inspect.js';
+import { openModelSource } from '../worker/models/source.js';
 import { writeSyntheticModel } from '../worker/models/synthetic.js';
 import { benchProcesses, closeBenchHttp, getJson, postJson, streamCompletion, waitFor, type Completion } from './cluster.js';
 
@@ -179,7 +182,10 @@ function summarise(label: string, outcomes: Outcome[]): Summary {
 async function main(): Promise<void> {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'paraserve-sharing-'));
   const storeRoot = path.join(dir, 'store');
-  await writeSyntheticModel({ dir: path.join(storeRoot, 'base'), preset: flags.preset!, seed: 0, dtype: null, sharded: false }, null);
+  const baseDir = path.join(storeRoot, 'base');
+  const written = await writeSyntheticModel({ dir: baseDir, preset: flags.preset!, seed: 0, dtype: null, sharded: false }, null);
+  // Hashed once here instead of once per registered name by the gateway.
+  const files = await hashModelFiles(openModelSource(pathToFileURL(baseDir).href), written.files, null, 4 * 1024 * 1024);
   const processes = benchProcesses(dir);
   const summaries: Summary[] = [];
   try {
@@ -202,7 +208,7 @@ async function main(): Promise<void> {
         return workers.some((w) => w.state === 'READY') ? true : null;
       });
       for (let i = 0; i < MODELS; i++) {
-        await postJson(`${gatewayUrl}/admin/models`, { name: modelName(i), source: `${storeUrl}/base`, files: null, ttftSloMs: SLO_MS }, 201);
+        await postJson(`${gatewayUrl}/admin/models`, { name: modelName(i), source: `${storeUrl}/base`, files, ttftSloMs: SLO_MS }, 201);
       }
       summaries.push(summarise(system.label, await replay(gatewayUrl, load)));
       await processes.stop([gateway, worker]);

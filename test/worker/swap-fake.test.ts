@@ -64,7 +64,7 @@ function fakeWorker(
 }
 
 function gpus(count: number): DeviceInfo[] {
-  return Array.from({ length: count }, (_, index) => ({ index, kind: 'cuda' as const, name: `gpu${index}`, totalBytes: 1 << 30, freeBytes: 1 << 30 }));
+  return Array.from({ length: count }, (_, index) => ({ index, kind: 'cuda' as const, name: `gpu${index}`, totalBytes: 8 * 2 ** 30, freeBytes: 8 * 2 ** 30 }));
 }
 
 t.test('SwapOut lets running requests finish, refuses new ones meanwhile, keeps the host copy', async (t) => {
@@ -105,7 +105,7 @@ t.test('SwapIn to another GPU moves the instance through its host copy without w
   const addon = new FakeAddon();
   addon.devices = gpus(2);
   const client = await fakeWorker(t, addon, 'cuda');
-  const full = 1 << 30;
+  const full = 6 * 2 ** 30; // 8 GiB GPUs less the worker's 2 GiB runtime reserve
   t.equal((await loadStage(client, { ...loadRequest(model, 'a'), device: 0 })).code, grpc.status.OK);
   const loaded = await waitForSnapshot(client, (s) => s.instances[0]?.residency === 'ON_DEVICE');
   t.equal(loaded.hostCachePinned, true, 'the CUDA backend pins the host cache');
