@@ -35,7 +35,11 @@ for step in $steps; do
     serve)
       $cli up --port 18080 --data-dir "$scratch/up" > "$out/up.log" 2>&1 &
       up=$!
-      for _ in $(seq 120); do curl -sf localhost:18080/health >/dev/null && break; sleep 0.5; done
+      # Ready once a worker is READY and the demo model is registered.
+      for _ in $(seq 240); do
+        curl -sf localhost:18080/admin/workers | grep -q '"state":"READY"' && curl -sf localhost:18080/v1/models | grep -q demo && break
+        sleep 0.5
+      done
       curl -sf localhost:18080/v1/completions -H 'content-type: application/json' \
         -d '{"model":"demo","prompt":"Hello","max_tokens":8}' > "$out/up-completion.json" || fail serve
       curl -sf localhost:18080/admin/workers > "$out/up-workers.json" || fail serve-workers

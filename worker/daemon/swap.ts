@@ -117,6 +117,14 @@ export function checkRoom(state: WorkerState, instanceId: string, bytes: number,
 }
 
 /**
+ * Binding yields to the event loop after this long, not after every tensor: on CUDA a bind
+ * only queues a copy (microseconds), and under load one event-loop turn per tensor made a
+ * swap-in of a few hundred tensors take hundreds of milliseconds; on the CPU backend a bind
+ * converts the tensor (milliseconds) and the slices keep the worker responsive.
+ */
+const BIND_SLICE_MS = 10;
+
+/**
  * Creates the instance's stage on `device` and binds every tensor from its host copy. The
  * caller accounts the bytes; on failure the stage is disposed and an out-of-memory device
  * becomes RESOURCE_EXHAUSTED. Resolves to the stage and the bytes copied.
@@ -132,10 +140,14 @@ async function buildStage(deps: SwapDeps, record: InstanceRecord, device: number
     stage = addon.createStage({ ...spec, device });
     const copyStarted = performance.now();
     let copied = 0;
+    let sliceStarted = copyStarted;
     for (const t of record.hostTensors) {
       addon.bindTensor(stage, { name: t.name, dtype: t.dtype, shape: t.shape, buffer, offset: t.offset });
       copied += t.bytes;
-      await yieldToLoop();
+      if (performance.now() - sliceStarted > BIND_SLICE_MS) {
+        await yieldToLoop();
+        sliceStarted = performance.now();
+      }
     }
     const missing = addon.missingTensors(stage);
     if (missing.length > 0) throw new WorkerError(status.INTERNAL, `the host copy of instance ${record.id} lacks tensors: ${missing.join(', ')}`);
