@@ -203,7 +203,15 @@ async function main(): Promise<void> {
     let runIndex = 0;
     for (const c of configs) {
       const repeats: Run[] = [];
-      for (let i = 0; i < REPEATS; i++) repeats.push(await measure(c.label, c.k, c.overlap, runIndex++));
+      for (let i = 0; i < REPEATS; i++) {
+        const run = await measure(c.label, c.k, c.overlap, runIndex++);
+        repeats.push(run);
+        // As it happens, so that a later configuration's failure does not lose this one.
+        console.error(
+          `${c.label} #${i + 1}: cold TTFT ${run.cold.ttftMs.toFixed(0)} ms (S = ${modelBytes} B), warm TTFT ${run.warm.ttftMs.toFixed(1)} ms, ` +
+            `consolidated after ${run.consolidatedAfterMs?.toFixed(0) ?? '-'} ms, timings ${JSON.stringify(run.trace.timings)}`,
+        );
+      }
       runs.push(median(repeats));
     }
   } finally {

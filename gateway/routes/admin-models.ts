@@ -7,8 +7,14 @@ import { RegistryConflictError } from '../registry/registry.js';
 import { RegisterModelBody } from '../schemas/admin.js';
 import { ModelParams } from '../schemas/openai.js';
 
+/**
+ * A registration lists every file's chunk digests: a 13.5 GB checkpoint in 64 KiB chunks is a
+ * 13 MB body, far past the 1 MiB every other route accepts.
+ */
+const REGISTRATION_BODY_LIMIT = 64 * 1024 * 1024;
+
 export async function adminModelRoutes(app: FastifyInstance): Promise<void> {
-  app.post<{ Body: RegisterModelBody }>('/admin/models', { schema: { body: RegisterModelBody } }, async (request, reply) => {
+  app.post<{ Body: RegisterModelBody }>('/admin/models', { schema: { body: RegisterModelBody }, bodyLimit: REGISTRATION_BODY_LIMIT }, async (request, reply) => {
     const { name, source } = request.body;
     if (app.registry.getModel(name)) throw conflict(`model '${name}' is already registered`, 'name');
     const model = await prepareRegistration({

@@ -79,6 +79,17 @@ t.test('registration stores and returns chunk hashes', async (t) => {
   );
 });
 
+t.test('a registration may list many chunks: a large body is read, not refused', async (t) => {
+  const app = await testApp(t);
+  const source = await tinyModelUri();
+  const files = (await inspectModel(openModelSource(source))).files.map((f) => ({ ...f, sha256: 'a'.repeat(64), chunkBytes: 65536, chunkSha256: Array.from({ length: 20_000 }, () => 'b'.repeat(64)) }));
+  const payload = JSON.stringify({ name: 'many-chunks', source, files });
+  t.ok(payload.length > 1024 * 1024, `a ${(payload.length / 2 ** 20).toFixed(1)} MiB body`);
+  const res = await app.inject({ method: 'POST', url: '/admin/models', payload, headers: { 'content-type': 'application/json' } });
+  t.equal(res.statusCode, 400, 'checked (the chunk lists do not match the files), not refused for its size');
+  t.match(res.json().error.message, /chunk/);
+});
+
 t.test('loads carry the chunk hashes to the worker', async (t) => {
   const c = await startCluster(t);
   const res = await c.app.inject({ method: 'POST', url: '/v1/completions', payload: { model: MODEL, prompt: 'hi', max_tokens: 2 } });
