@@ -16,7 +16,7 @@ import path from 'node:path';
 import t from 'tap';
 import { GPU_REFERENCE_CASES } from '../../scripts/reference/cases.js';
 import { loadNativeAddon } from '../../worker/native/addon.js';
-import { argmax, loadWholeModel } from '../fixtures/whole-model.js';
+import { compareGreedy, loadWholeModel, maxAbsDiff } from '../fixtures/whole-model.js';
 
 interface Reference {
   dtype: string;
@@ -41,13 +41,6 @@ function readLogits(file: string, vocab: number): Float32Array[] {
   const rows: Float32Array[] = [];
   for (let offset = 0; offset < all.length; offset += vocab) rows.push(all.slice(offset, offset + vocab));
   return rows;
-}
-
-function maxAbsDiff(a: Float32Array, b: Float32Array): number {
-  if (a.length !== b.length) return Infinity;
-  let worst = 0;
-  for (let i = 0; i < a.length; i++) worst = Math.max(worst, Math.abs(a[i]! - b[i]!));
-  return worst;
 }
 
 for (const c of GPU_REFERENCE_CASES) {
@@ -78,19 +71,7 @@ for (const c of GPU_REFERENCE_CASES) {
     t.ok(prefillDiff <= tolerance, `prefill: max |Δ| vs float32 ${prefillDiff.toExponential(2)} ≤ ${tolerance.toExponential(2)}`);
 
     const { prompt, tokens: expected, top2Gaps: gaps } = reference.greedy;
-    let logits = await addon.forward(model.stage, { sequence: 3, position: 0, tokens: Int32Array.from(prompt), hidden: null });
-    let matched = 0;
-    let divergedAtTie = false;
-    for (let step = 0; step < expected.length; step++) {
-      const next = argmax(logits);
-      if (next !== expected[step]) {
-        divergedAtTie = gaps[step]! <= tolerance;
-        break;
-      }
-      matched++;
-      logits = await addon.forward(model.stage, { sequence: 3, position: prompt.length + step, tokens: Int32Array.of(next), hidden: null });
-    }
-    addon.releaseSequence(model.stage, 3);
+    const { matched, divergedAtTie } = await compareGreedy(addon, model.stage, 3, { prompt, tokens: expected, gaps }, tolerance);
     t.ok(matched === expected.length || divergedAtTie, `greedy: ${matched}/${expected.length} tokens equal transformers'${matched < expected.length ? ', then a near-tie' : ''}`);
   });
 }

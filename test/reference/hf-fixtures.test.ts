@@ -17,7 +17,7 @@ import { fileURLToPath } from 'node:url';
 import t from 'tap';
 import { REFERENCE_CASES, REFERENCE_SEED } from '../../scripts/reference/cases.js';
 import { loadNativeAddon } from '../../worker/native/addon.js';
-import { argmax, loadWholeModel } from '../fixtures/whole-model.js';
+import { compareGreedy, loadWholeModel, maxAbsDiff } from '../fixtures/whole-model.js';
 import { writeSyntheticModel } from '../../worker/models/synthetic.js';
 import { ModelTokenizer } from '../../worker/models/tokenizer.js';
 
@@ -31,12 +31,6 @@ interface Fixture {
   logits: number[][];
   greedy: { prompt: number[]; tokens: number[]; top2_gaps: number[] };
   tokenizer: { text: string; ids: number[] };
-}
-
-function maxAbsDiff(actual: Float32Array, expected: number[]): number {
-  let worst = 0;
-  for (let i = 0; i < expected.length; i++) worst = Math.max(worst, Math.abs(actual[i]! - expected[i]!));
-  return actual.length === expected.length ? worst : Infinity;
 }
 
 const addon = loadNativeAddon();
@@ -76,19 +70,7 @@ for (const c of REFERENCE_CASES) {
 
     // Greedy decoding from the prompt.
     const { prompt, tokens: expected, top2_gaps: gaps } = fixture.greedy;
-    let logits = await addon.forward(model.stage, { sequence: 3, position: 0, tokens: Int32Array.from(prompt), hidden: null });
-    let matched = 0;
-    let divergedAtTie = false;
-    for (let step = 0; step < expected.length; step++) {
-      const next = argmax(logits);
-      if (next !== expected[step]) {
-        divergedAtTie = gaps[step]! <= 2 * LOGIT_TOLERANCE;
-        break;
-      }
-      matched++;
-      logits = await addon.forward(model.stage, { sequence: 3, position: prompt.length + step, tokens: Int32Array.of(next), hidden: null });
-    }
-    addon.releaseSequence(model.stage, 3);
+    const { matched, divergedAtTie } = await compareGreedy(addon, model.stage, 3, { prompt, tokens: expected, gaps }, 2 * LOGIT_TOLERANCE);
     t.ok(matched === expected.length || divergedAtTie, `greedy: ${matched}/${expected.length} tokens equal transformers'${divergedAtTie ? ' (then a near-tie)' : ''}`);
 
     const tokenizer = ModelTokenizer.fromJson(readFileSync(path.join(dir, 'tokenizer.json'), 'utf8'), readFileSync(path.join(dir, 'tokenizer_config.json'), 'utf8'));
