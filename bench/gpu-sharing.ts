@@ -154,6 +154,8 @@ interface Summary {
   swapP99: number | null;
   paths: Record<string, number>;
   failures: Record<string, number>;
+  /** Distinct error messages of failed requests, with how often each came. */
+  errors: Map<string, number>;
 }
 
 function summarise(label: string, outcomes: Outcome[]): Summary {
@@ -162,9 +164,14 @@ function summarise(label: string, outcomes: Outcome[]): Summary {
   const met = outcomes.filter((o) => o.completion.status === 200 && o.completion.ttftMs !== null && o.completion.ttftMs <= SLO_MS).length;
   const paths: Record<string, number> = {};
   const failures: Record<string, number> = {};
+  const errors = new Map<string, number>();
   for (const o of outcomes) {
     paths[o.path] = (paths[o.path] ?? 0) + 1;
-    if (o.completion.status !== 200) failures[String(o.completion.status)] = (failures[String(o.completion.status)] ?? 0) + 1;
+    if (o.completion.status !== 200) {
+      failures[String(o.completion.status)] = (failures[String(o.completion.status)] ?? 0) + 1;
+      const message = errorMessage(o.completion.error);
+      errors.set(message, (errors.get(message) ?? 0) + 1);
+    }
   }
   return {
     label,
@@ -176,7 +183,19 @@ function summarise(label: string, outcomes: Outcome[]): Summary {
     swapP99: percentile(swaps, 0.99),
     paths,
     failures,
+    errors,
   };
+}
+
+/** The OpenAI error object's message, with instance and worker names made generic. */
+function errorMessage(body: string | null): string {
+  let message = body ?? '';
+  try {
+    message = (JSON.parse(message) as { error?: { message?: string } }).error?.message ?? message;
+  } catch {
+    // not JSON: keep the text
+  }
+  return message.replace(/m\d{3}/g, 'mNNN').replace(/@[\w.#:-]+/g, '@…').slice(0, 200);
 }
 
 async function main(): Promise<void> {
@@ -231,6 +250,9 @@ async function main(): Promise<void> {
       `| ${s.label} | ${s.requests} | ${(s.attainment * 100).toFixed(1)} % | ${fmt(s.ttftP50)} | ${fmt(s.ttftP99)} | ${fmt(s.swapP50)} | ${fmt(s.swapP99)} | ` +
         `${Object.entries(s.paths).map(([k, v]) => `${k} ${v}`).join(', ')} | ${Object.entries(s.failures).map(([k, v]) => `${k} ${v}`).join(', ') || '-'} |`,
     );
+  }
+  for (const s of summaries) {
+    for (const [message, count] of [...s.errors].sort((a, b) => b[1] - a[1]).slice(0, 3)) console.log(`${s.label}: ${count} × ${message}`);
   }
 }
 

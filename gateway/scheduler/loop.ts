@@ -38,6 +38,7 @@
 // (INVALID_ARGUMENT, DATA_LOSS, NOT_FOUND, …) are never re-placed.
 import type { ClientReadableStream } from '@grpc/grpc-js';
 import { status as GrpcStatus } from '@grpc/grpc-js';
+import { setTimeout as delay } from 'node:timers/promises';
 import type { FastifyBaseLogger } from 'fastify';
 import type { GenerateEvent__Output } from '../../protos/generated/paraserve/v1/GenerateEvent.js';
 import type { LoadProgress__Output } from '../../protos/generated/paraserve/v1/LoadProgress.js';
@@ -247,6 +248,9 @@ const MAX_DECISIONS = 4;
 export const MAX_REPLACEMENTS = 2;
 /** A request is re-placed only while its deadline is at least this far away. */
 export const MIN_REPLACE_MS = 200;
+/** Loads a worker refused for lack of room that a request retries, each after a longer pause. */
+const MAX_ROOM_RETRIES = 5;
+const ROOM_RETRY_DELAY_MS = 25;
 /** Generate attempts per request while no token has arrived yet. */
 const MAX_GENERATE_ATTEMPTS = 3;
 const UNLOAD_TIMEOUT_MS = 10_000;
@@ -398,6 +402,7 @@ export class SchedulerLoop {
     /** The last load that died with its worker; once set, waits end at the deadline. */
     let lost: LoadFailedError | null = null;
     let failures = 0;
+    let roomRetries = 0;
     const bound = (): { atMs: number; error: () => ApiError } | null =>
       lost === null
         ? null
@@ -406,7 +411,7 @@ export class SchedulerLoop {
             error: () => serviceUnavailable(`${lost?.message ?? ''}; the re-placed load did not finish before the request's deadline`, 'worker_lost'),
           };
     const routing: RoutingProgress = { swapFailures: 0, asleep: null };
-    for (let i = 0; i < MAX_DECISIONS + MAX_REPLACEMENTS; ) {
+    for (let i = 0; i < MAX_DECISIONS + MAX_REPLACEMENTS + MAX_ROOM_RETRIES; ) {
       if (signal.aborted) throw clientClosed();
       if (this.closed) throw serviceUnavailable('the gateway is shutting down', 'shutting_down');
       const routed = this.shares(request, excluded) ? await this.swapStep(model, request, queued, trace, signal, deadlineMs, routing) : null;
@@ -447,7 +452,16 @@ export class SchedulerLoop {
         }
       } catch (e) {
         if (!(e instanceof LoadFailedError)) throw e;
-        if (!e.workerLost) throw e.error;
+        if (!e.workerLost) {
+          // The worker refused for lack of room: the gateway's view (evictions just made, what
+          // other loads reserve) lagged the worker's own accounting. Decide again shortly.
+          const leftMs = deadlineMs - Date.now();
+          if (e.error.code !== 'worker_busy' || roomRetries >= MAX_ROOM_RETRIES || leftMs < MIN_REPLACE_MS) throw e.error;
+          roomRetries += 1;
+          trace.decided(`${e.message}; the worker had no room after all: deciding again (${roomRetries} of ${MAX_ROOM_RETRIES})`);
+          await abortable(delay(ROOM_RETRY_DELAY_MS * roomRetries), signal);
+          continue;
+        }
         trace.attemptFailed({ instanceId: action.kind === 'reject' ? '' : action.instanceId, workerId: e.workerId, reason: e.message, atMs: Date.now() });
         failures += 1;
         const leftMs = deadlineMs - Date.now();

@@ -64,6 +64,23 @@ t.test('a full queue answers 429 with Retry-After; the queued request runs when 
   t.match(served.headers.get('x-paraserve-timing'), /^queue;dur=[0-9.]+, first_token/);
 });
 
+t.test('a load the worker refuses for lack of room is decided again, not failed', async (t) => {
+  const c = await startCluster(t, {}, { sharing: { maxBatch: 16, ttftSloMs: 10_000, gpuKeepAliveMs: 600_000, hostKeepAliveMs: 600_000 } });
+  c.worker.refuseLoads = 2;
+  const res = await post(c.url, MODEL);
+  t.equal(res.status, 200, await res.clone().text());
+  t.equal(c.worker.loads.length, 3, 'two refused loads, then one that succeeded');
+  const trace = (await c.app.inject({ method: 'GET', url: `/admin/traces/${res.headers.get('x-paraserve-request-id')}` })).json() as RequestTrace;
+  t.match(JSON.stringify(trace), /the worker had no room after all: deciding again \(2 of 5\)/);
+
+  const full = await startCluster(t, {}, { sharing: { maxBatch: 16, ttftSloMs: 10_000, gpuKeepAliveMs: 600_000, hostKeepAliveMs: 600_000 } });
+  full.worker.refuseLoads = 100;
+  const refused = await post(full.url, MODEL);
+  t.equal(refused.status, 503, 'a worker that always refuses fails the request');
+  t.match(await refused.json(), { error: { code: 'worker_busy', message: /needs more bytes than are free/ } });
+  t.equal(full.worker.loads.length, 6, 'after the first load and 5 more');
+});
+
 t.test('keep-alive: an idle model is swapped out, then unloaded; the registry sets its keep-alive', async (t) => {
   const c = await startCluster(t, {}, { sharing: { maxBatch: 16, ttftSloMs: 10_000, gpuKeepAliveMs: 600_000, hostKeepAliveMs: 600_000 } });
   const reg = await c.app.inject({
