@@ -226,6 +226,16 @@ Napi::Value PrepareDevice(const Napi::CallbackInfo& info) {
   }
 }
 
+Napi::Value stageHandle(Napi::Env env, std::unique_ptr<Stage> stage, const StageSpec& spec) {
+  auto box = std::make_unique<StageBox>();
+  box->stage = std::move(stage);
+  box->spec = spec;
+  auto handle = Napi::External<StageBox>::New(env, box.get(), [](Napi::Env, StageBox* owned) { delete owned; });
+  box.release();
+  handle.TypeTag(&kStageTag);
+  return handle;
+}
+
 Napi::Value CreateStage(const Napi::CallbackInfo& info) {
   StageSpec spec = parseStageSpec(info[0]);
   validateStageSpec(spec);
@@ -233,13 +243,23 @@ Napi::Value CreateStage(const Napi::CallbackInfo& info) {
   if (backend == nullptr) {
     throw NotImplementedError(std::string("the cuda backend is not compiled into this binary: ") + cudaSkippedReason());
   }
-  auto box = std::make_unique<StageBox>();
-  box->stage = backend->createStage(spec);
-  box->spec = spec;
-  auto handle = Napi::External<StageBox>::New(info.Env(), box.get(), [](Napi::Env, StageBox* owned) { delete owned; });
-  box.release();
-  handle.TypeTag(&kStageTag);
-  return handle;
+  return stageHandle(info.Env(), backend->createStage(spec), spec);
+}
+
+// Synchronous like createStage: it only queues the device-to-device copy.
+Napi::Value CloneStage(const Napi::CallbackInfo& info) {
+  StageBox& box = liveStage(info[0]);
+  StageSpec spec = box.spec;
+  spec.device = integerValue(info[1], "device", 0, kMaxSafeInteger);
+  if (spec.device == box.spec.device) throw InvalidArgumentError("the stage is on device " + std::to_string(spec.device) + " already");
+  return stageHandle(info.Env(), box.stage->cloneTo(spec.device), spec);
+}
+
+Napi::Value PeerAccess(const Napi::CallbackInfo& info) {
+  Backend* backend = findBackend(backendValue(info[0], "backend"));
+  const int64_t from = integerValue(info[1], "from", 0, kMaxSafeInteger);
+  const int64_t to = integerValue(info[2], "to", 0, kMaxSafeInteger);
+  return Napi::Boolean::New(info.Env(), backend != nullptr && backend->peerAccess(from, to));
 }
 
 Napi::Value BindTensor(const Napi::CallbackInfo& info) {
@@ -349,6 +369,8 @@ Napi::Value DisposeStage(const Napi::CallbackInfo& info) {
 void registerStageExports(Napi::Env env, Napi::Object exports) {
   exportFunction<PrepareDevice>(env, exports, "prepareDevice");
   exportFunction<CreateStage>(env, exports, "createStage");
+  exportFunction<CloneStage>(env, exports, "cloneStage");
+  exportFunction<PeerAccess>(env, exports, "peerAccess");
   exportFunction<BindTensor>(env, exports, "bindTensor");
   exportFunction<MissingTensors>(env, exports, "missingTensors");
   exportFunction<Forward>(env, exports, "forward");

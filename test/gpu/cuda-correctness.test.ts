@@ -105,3 +105,17 @@ t.test('a batch of sequences gives each sequence its own logits', { skip }, asyn
     t.ok(maxAbsDiff(logits, alone[i]!) < 1e-2, `sequence ${i}: batched logits match (max |Δ| ${maxAbsDiff(logits, alone[i]!).toExponential(2)})`);
   }
 });
+
+const gpuCount = skip === false ? addon.listDevices('cuda').length : 0;
+t.test('a stage moved to another GPU gives the same logits', { skip: skip === false && gpuCount < 2 ? `one GPU here (${gpuCount}): a move needs two` : skip }, async (t) => {
+  const c = GPU_REFERENCE_CASES.find((x) => x.name === 'llama-1b-bf16')!;
+  const model = await loadWholeModel(addon, path.join(referenceDir, 'models', c.name), 'cuda', 64);
+  t.teardown(model.free);
+  const tokens = Int32Array.of(11, 12, 13, 14);
+  const before = await addon.forward(model.stage, { sequence: 1, position: 0, tokens, hidden: null });
+  const moved = addon.cloneStage(model.stage, 1);
+  t.teardown(() => addon.disposeStage(moved));
+  t.comment(`peer access 0 → 1: ${addon.peerAccess('cuda', 0, 1)}`);
+  const after = await addon.forward(moved, { sequence: 1, position: 0, tokens, hidden: null });
+  t.equal(maxAbsDiff(after, before), 0, 'identical logits on device 1');
+});

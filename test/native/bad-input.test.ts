@@ -135,3 +135,13 @@ t.test('bindTensor is refused while a forward runs on the stage', async (t) => {
   addon.freeHostBuffer(buffer);
   addon.disposeStage(stage);
 });
+
+t.test('a CPU stage cannot move to another device; the CPU has no peer access', async (t) => {
+  const stage = addon.createStage(spec);
+  t.teardown(() => addon.disposeStage(stage));
+  t.throws(() => addon.cloneStage(stage, 1), NotImplementedError, 'one device: no device-to-device move');
+  t.throws(() => addon.cloneStage(stage, 0), { name: 'InvalidArgumentError', message: /on device 0 already/ });
+  t.equal(addon.peerAccess('cpu', 0, 1), false);
+  t.throws(() => addon.peerAccess('cpu', -1, 0), InvalidArgumentError);
+  t.equal(addon.missingTensors(stage).length > 0, true, 'the stage is still usable');
+});

@@ -1,6 +1,7 @@
 // Swap orchestration with a fake addon, where the test decides when forwards and fetches
 // complete and how many GPUs there are: a swap-out waits for running requests while refusing
-// new ones; a swap-in to another device moves the instance through its host copy while the old
+// new ones; a swap-in to another device moves the instance (device to device where the GPUs
+// have peer access, else through its host copy) while the old
 // copy finishes its running requests; swaps of a loading instance are refused; a full host
 // pool evicts a host-only copy and retries; a device out of memory fails a swap-in cleanly;
 // runtime init is prepared before the stage is created; the host cache reports whether it is
@@ -156,6 +157,24 @@ t.test('SwapIn to another GPU moves the instance through its host copy without w
   t.equal((await swapOut(client, 'a')).error, null);
   const chosen = await swapIn(client, 'a', -1);
   t.equal(chosen.reply?.device, 0, '-1 picks the freest device (the first of equals)');
+});
+
+t.test('a move between GPUs with peer access copies device to device instead of through the host', async (t) => {
+  const addon = new FakeAddon();
+  addon.devices = gpus(2);
+  addon.peerPairs.add('0>1');
+  const client = await fakeWorker(t, addon, 'cuda');
+  t.equal((await loadStage(client, { ...loadRequest(model, 'a'), device: 0 })).code, grpc.status.OK);
+  await waitForSnapshot(client, (s) => s.instances[0]?.residency === 'ON_DEVICE');
+  const moved = await swapIn(client, 'a', 1);
+  t.equal(moved.error, null);
+  t.same([moved.reply!.source, moved.reply!.device], ['peer', 1]);
+  t.same(addon.clones, [1], 'the stage was cloned onto device 1');
+  t.same(tokensOf(await generate(client, { requestId: 'p', instanceId: 'a', promptTokenIds: prompt, maxTokens: 2 })), [3, 4], 'the clone serves');
+
+  const back = await swapIn(client, 'a', 0);
+  t.same([back.reply!.source, back.reply!.device], ['host', 0], 'no peer access from 1 to 0: the host path');
+  t.same(addon.clones, [1]);
 });
 
 t.test('swaps of a loading instance are refused', async (t) => {

@@ -30,8 +30,11 @@ export interface SwapResult {
   elapsedMs: number;
   /** Bytes copied onto the device (swap-in) or freed on it (swap-out); 0 for a no-op. */
   bytes: number;
-  /** Swap-in: 'host' when the stage was built from the host copy; '' for swap-out and no-ops. */
-  source: '' | 'host';
+  /**
+   * Swap-in: 'host' when the stage was built from the host copy, 'peer' when it was copied from
+   * the instance's other device; '' for swap-out and no-ops.
+   */
+  source: '' | 'host' | 'peer';
   /** Where the instance is now; -1 after a swap-out. */
   device: number;
 }
@@ -191,13 +194,20 @@ async function placeOnDevice(deps: SwapDeps, record: InstanceRecord, device: num
  * and the old one is disposed once the requests running on it end. Both copies are accounted
  * meanwhile (secondCopy). Resolves to the bytes copied and a promise of the old copy's end.
  */
-async function moveToDevice(deps: SwapDeps, record: InstanceRecord, device: number): Promise<{ copied: number; retired: Promise<void> }> {
+async function moveToDevice(
+  deps: SwapDeps,
+  record: InstanceRecord,
+  device: number,
+): Promise<{ copied: number; source: 'host' | 'peer'; retired: Promise<void> }> {
   checkRoom(deps.state, record.id, record.weightBytes, device);
   record.secondCopy = { device, bytes: record.weightBytes };
   deps.state.changed();
+  // A device-to-device copy where the GPUs have peer access (NVLink or PCIe P2P, faster than
+  // going through host memory again); the host copy otherwise.
+  const peer = deps.addon.peerAccess(deps.backend, record.device, device);
   let built: { stage: StageHandle; copied: number };
   try {
-    built = await buildStage(deps, record, device);
+    built = peer ? { stage: deps.addon.cloneStage(record.nativeStage!, device), copied: record.weightBytes } : await buildStage(deps, record, device);
   } catch (e) {
     record.secondCopy = null;
     deps.state.changed();
@@ -219,14 +229,15 @@ async function moveToDevice(deps: SwapDeps, record: InstanceRecord, device: numb
       }
     })
     .catch((e: unknown) => deps.logger.error({ instance: record.id, device: from, err: e }, 'disposing the copy a moved instance left failed'));
-  return { copied: built.copied, retired };
+  return { copied: built.copied, source: peer ? 'peer' : 'host', retired };
 }
 
 /**
  * SwapIn: puts the instance on `requested` (-1: the device with the most free bytes) from its
  * host copy. On the device already (or -1 while on one): a no-op. On another device: moved
- * there through the host copy (the reply comes once the new copy serves; the old one goes
- * when its running requests end, and the next swap of the instance waits for that).
+ * there by a device-to-device copy where the GPUs have peer access, else through the host
+ * copy (the reply comes once the new copy serves; the old one goes when its running requests
+ * end, and the next swap of the instance waits for that).
  */
 export function swapIn(deps: SwapDeps, instanceId: string, requested: number): Promise<SwapResult> {
   const started = performance.now();
@@ -239,9 +250,11 @@ export function swapIn(deps: SwapDeps, instanceId: string, requested: number): P
     if (typeof device === 'string') throw new WorkerError(status.INVALID_ARGUMENT, device);
     const from = record.device;
     let bytes: number;
+    let source: 'host' | 'peer' = 'host';
     if (record.residency === 'ON_DEVICE') {
       const move = await moveToDevice(deps, record, device);
       bytes = move.copied;
+      source = move.source;
       const settled = move.retired;
       record.transition = settled;
       void settled.then(() => {
@@ -251,8 +264,8 @@ export function swapIn(deps: SwapDeps, instanceId: string, requested: number): P
       bytes = await placeOnDevice(deps, record, device);
     }
     const elapsedMs = performance.now() - started;
-    deps.logger.info({ instance: instanceId, from, device, bytes, elapsedMs: Math.round(elapsedMs) }, 'swapped in');
-    return { elapsedMs, bytes, source: 'host', device };
+    deps.logger.info({ instance: instanceId, from, device, source, bytes, elapsedMs: Math.round(elapsedMs) }, 'swapped in');
+    return { elapsedMs, bytes, source, device };
   });
 }
 

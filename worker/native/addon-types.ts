@@ -137,6 +137,14 @@ export interface NativeAddon {
   /** Allocates the stage's weights and KV cache space on its device. */
   createStage(spec: StageSpec): StageHandle;
   /**
+   * The stage on another device of its backend, its weights copied device to device (queued:
+   * a forward on the clone waits for them, as after a swap-in); sequences are not copied.
+   * NotImplementedError on the CPU backend (one device).
+   */
+  cloneStage(stage: StageHandle, device: number): StageHandle;
+  /** Whether `from` can copy straight into `to` (GPU peer access); false on the CPU backend. */
+  peerAccess(backend: BackendName, from: number, to: number): boolean;
+  /**
    * Copies (and converts) one tensor into the stage; checks its name and shape. On CUDA the
    * copy is queued (chunked, on the stage's copy stream) and this returns at once; a forward
    * waits only for the layers it reaches, so compute starts before the copy ends.

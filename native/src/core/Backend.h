@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "core/DType.h"
+#include "core/Errors.h"
 #include "core/HostBuffer.h"
 
 namespace paraserve {
@@ -104,6 +105,13 @@ class Stage {
   }
   // Frees a sequence's KV cache; unknown sequences are ignored.
   virtual void releaseSequence(int64_t sequence) = 0;
+  // A stage of the same spec on another device of the same backend, its weights copied
+  // device to device (queued; the clone's forward waits for them like a swap-in's). Sequences
+  // are not copied. NotImplementedError where the backend has one device.
+  virtual std::unique_ptr<Stage> cloneTo(int64_t device) {
+    (void)device;
+    throw NotImplementedError("this backend has one device: stages cannot move between devices");
+  }
   // Blocks until every queued weight copy has landed (bindTensor may return before, on
   // backends that copy asynchronously). Called on a worker thread.
   virtual void waitForCopies() {}
@@ -120,6 +128,13 @@ class Backend {
   virtual std::vector<DeviceInfo> listDevices() = 0;
   // Page-locked memory when pinned is asked for and the backend can pin, else pageable.
   virtual std::unique_ptr<HostBuffer> allocHost(uint64_t bytes, bool pinned) = 0;
+  // Whether device `from` can copy straight into device `to` (peer access over NVLink or
+  // PCIe), which a move between devices uses instead of the host path. False by default.
+  virtual bool peerAccess(int64_t from, int64_t to) {
+    (void)from;
+    (void)to;
+    return false;
+  }
   // Creates the device context and library handles of a device ahead of the first stage, so
   // runtime init overlaps fetching; runs on a worker thread. No-op where there is none.
   virtual void prepareDevice(int64_t device) { (void)device; }

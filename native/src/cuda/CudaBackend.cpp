@@ -116,6 +116,29 @@ void CudaBackend::prepareDevice(int64_t device) {
   prepared_[device] = handle;
 }
 
+bool CudaBackend::peerAccess(int64_t from, int64_t to) {
+  requireDevice(from);
+  requireDevice(to);
+  if (from == to) return false;
+  std::lock_guard<std::mutex> lock(peerMutex_);
+  const auto known = peers_.find({from, to});
+  if (known != peers_.end()) return known->second;
+  int possible = 0;
+  PARASERVE_CUDA_CHECK(cudaDeviceCanAccessPeer(&possible, static_cast<int>(to), static_cast<int>(from)));
+  bool enabled = false;
+  if (possible != 0) {
+    // Access is enabled from the destination's context, which the clone's copy runs in.
+    CurrentDeviceGuard guard;
+    cuda::useDevice(static_cast<int>(to));
+    const cudaError_t status = cudaDeviceEnablePeerAccess(static_cast<int>(from), 0);
+    if (status != cudaSuccess && status != cudaErrorPeerAccessAlreadyEnabled) check(status, "cudaDeviceEnablePeerAccess");
+    cudaGetLastError();
+    enabled = true;
+  }
+  peers_[{from, to}] = enabled;
+  return enabled;
+}
+
 std::unique_ptr<Stage> CudaBackend::createStage(const StageSpec& spec) {
   requireDevice(spec.device);
   return std::make_unique<cuda::CudaStage>(spec);

@@ -8,6 +8,7 @@
 #include <cublas_v2.h>
 
 #include <map>
+#include <utility>
 #include <mutex>
 
 #include "core/Backend.h"
@@ -26,6 +27,8 @@ class CudaBackend final : public Backend {
   // Timed with CUDA events on a stream of their own, after a warm-up copy.
   double measureHostToDevice(const HostBuffer& buffer, int64_t device) override;
   double measureDeviceMemory(int64_t device, uint64_t bytes) override;
+  // cudaDeviceCanAccessPeer; enables the access (once per pair) when it is possible.
+  bool peerAccess(int64_t from, int64_t to) override;
   // Creates the device's primary context and loads cuBLAS once per device.
   void prepareDevice(int64_t device) override;
   // InvalidArgumentError for a device index that does not exist.
@@ -36,6 +39,8 @@ class CudaBackend final : public Backend {
 
   std::mutex preparedMutex_;
   std::map<int64_t, cublasHandle_t> prepared_;  // warm handles, never used for compute
+  std::mutex peerMutex_;
+  std::map<std::pair<int64_t, int64_t>, bool> peers_;  // (from, to) → peer access enabled
 };
 
 }  // namespace paraserve

@@ -721,6 +721,25 @@ void CudaStage::releaseSequence(int64_t sequence) {
   freeSequence(sequence);
 }
 
+std::unique_ptr<Stage> CudaStage::cloneTo(int64_t device) {
+  StageSpec spec = spec_;
+  spec.device = device;
+  auto clone = std::make_unique<CudaStage>(spec);
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    useDevice(device_);
+    check(cudaStreamSynchronize(copy_), "cudaStreamSynchronize (copy, before a move)");
+    copiesInFlight_.clear();
+  }
+  useDevice(clone->device_);
+  check(cudaMemcpyPeerAsync(clone->weights_.data(), clone->device_, weights_.data(), device_, weights_.bytes(),
+                            clone->copy_),
+        "cudaMemcpyPeerAsync (move)");
+  for (cudaEvent_t event : clone->ready_) check(cudaEventRecord(event, clone->copy_), "cudaEventRecord (moved)");
+  for (Slot& slot : clone->slots_) slot.bound = true;
+  return clone;
+}
+
 void CudaStage::waitForCopies() {
   std::lock_guard<std::mutex> lock(mutex_);
   useDevice(device_);

@@ -40,6 +40,9 @@ class CudaStage final : public Stage {
   std::vector<std::vector<float>> forwardBatch(const std::vector<ForwardRequest>& requests) override;
   void releaseSequence(int64_t sequence) override;
   void waitForCopies() override;
+  // Copies the weight allocation to a new stage on `device` with one peer copy on the new
+  // stage's copy stream (after this stage's own copies have landed).
+  std::unique_ptr<Stage> cloneTo(int64_t device) override;
   uint64_t deviceBytes() const override;
 
  private:
