@@ -62,9 +62,9 @@ export async function postJson<T>(url: string, body: unknown, expected: number):
   return (await res.body.json()) as T;
 }
 
-/** Polls until the probe answers (bounded by STEP_TIMEOUT_MS). */
-export async function waitFor<T>(what: string, probe: () => Promise<T | null>): Promise<T> {
-  const deadline = Date.now() + STEP_TIMEOUT_MS;
+/** Polls until the probe answers (bounded by timeoutMs). */
+export async function waitFor<T>(what: string, probe: () => Promise<T | null>, timeoutMs = STEP_TIMEOUT_MS): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
   for (;;) {
     const value = await probe();
     if (value !== null) return value;

@@ -15,6 +15,7 @@ import type { WorkerClient } from '../protos/generated/paraserve/v1/Worker.js';
 import { Supervisor } from '../gateway/cli/supervisor.js';
 import { writeSyntheticModel } from '../worker/models/synthetic.js';
 import { ModelTokenizer } from '../worker/models/tokenizer.js';
+import { ADMIN_TOKEN, getJson, waitFor } from './cluster.js';
 
 const { values: flags } = parseArgs({
   options: {
@@ -28,30 +29,12 @@ const REQUESTS = Number(flags.requests);
 const CONCURRENCY = Number(flags.concurrency);
 const MAX_TOKENS = Number(flags['max-tokens']);
 const PROMPT = 'Serverless inference keeps many models in host memory and swaps them onto GPUs per request.';
-const ADMIN_TOKEN = 'bench-admin';
 
 interface WorkersReply {
   data: { id: string; address: string; instances: { instanceId: string; residency: string }[] }[];
 }
 
 const http = new Agent({ connections: CONCURRENCY * 2 });
-
-async function getJson<T>(url: string): Promise<T> {
-  const res = await request(url, { dispatcher: http, headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
-  if (res.statusCode !== 200) throw new Error(`GET ${url}: ${res.statusCode} ${await res.body.text()}`);
-  return (await res.body.json()) as T;
-}
-
-/** Waits for a condition on the gateway's view, checking as events arrive there (bounded). */
-async function waitFor<T>(what: string, probe: () => Promise<T | null>, timeoutMs: number): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value !== null) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 async function viaGateway(gatewayUrl: string, model: string): Promise<number> {
   const res = await request(`${gatewayUrl}/v1/completions`, {
