@@ -2,12 +2,12 @@
 // a pipeline over distinct workers, one without an SLO the whole-model path as before, a worker
 // whose link is busy with another load is avoided, a forced degree still wins, an SLO no degree
 // meets gets the best degree with a note, and a model no device can take is a 503.
-import t, { type Test } from 'tap';
+import t from 'tap';
 import type { WorkerView } from '../../gateway/cluster/worker-view.js';
 import { chooseColdStartPlan, decide } from '../../gateway/scheduler/decide.js';
-import type { ColdStartRequest, InFlightLoad, ScheduleRequest, SchedulerAction, SchedulerState } from '../../gateway/scheduler/types.js';
+import type { ColdStartRequest, InFlightLoad, ScheduleRequest } from '../../gateway/scheduler/types.js';
 import type { StageByteProfile } from '../../worker/models/stage-plan.js';
-import { GiB, readyWorker } from './fixtures/scheduler-views.js';
+import { GiB, readyWorker, schedulerState as state, type DecideRow as Row } from './fixtures/scheduler-views.js';
 
 const NOW = 7_000_000;
 const LAYERS = 8;
@@ -28,19 +28,8 @@ function request(o: Partial<ScheduleRequest> = {}): ScheduleRequest {
   return { model: 'm', modelBytes, range: { layerStart: 0, layerEnd: LAYERS, hasEmbeddings: true, hasHead: true }, pipeline: null, coldStart: null, ...o };
 }
 
-function state(workers: WorkerView[], loads: InFlightLoad[] = []): SchedulerState {
-  return { workers, loads, gatewayActive: new Map() };
-}
-
 function otherModelLoading(workerId: string): InFlightLoad {
   return { instanceId: `other@${workerId}#0`, model: 'other', workerId, device: 0, bytes: GiB, startedMs: NOW - 50, status: 'loading', pipelineStage: null };
-}
-
-interface Row {
-  name: string;
-  state: SchedulerState;
-  request: ScheduleRequest;
-  expect: (tt: Test, a: SchedulerAction) => void;
 }
 
 const rows: Row[] = [

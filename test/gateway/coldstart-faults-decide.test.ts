@@ -8,8 +8,8 @@ import t from 'tap';
 import type { InstanceView, WorkerView } from '../../gateway/cluster/worker-view.js';
 import { decide, withoutInstances, withoutWorkers } from '../../gateway/scheduler/decide.js';
 import { loadFailureKind } from '../../gateway/scheduler/loop.js';
-import type { InFlightLoad, ScheduleRequest, SchedulerState } from '../../gateway/scheduler/types.js';
-import { GiB, readyWorker } from './fixtures/scheduler-views.js';
+import type { InFlightLoad, ScheduleRequest } from '../../gateway/scheduler/types.js';
+import { GiB, readyWorker, schedulerState as state } from './fixtures/scheduler-views.js';
 
 const NOW = 1_000_000;
 
@@ -49,10 +49,6 @@ const request: ScheduleRequest = {
   pipeline: null,
   coldStart: null,
 };
-
-function state(workers: WorkerView[], loads: InFlightLoad[] = []): SchedulerState {
-  return { workers, loads, gatewayActive: new Map() };
-}
 
 t.test('an instance listed ON_DEVICE whose load has not answered READY is not run on', async (t) => {
   const s = state([readyWorker('w1', 4 * GiB, { instances: [instance('m@w1#0', null)] })], [load('m@w1#0', 'w1', 'loading', null)]);

@@ -2,11 +2,11 @@
 // workers with the most free memory, a pipeline runs (on stage 0's worker) only once every
 // stage is on a device of a READY worker, concurrent requests join its load, and a cluster
 // too small or too full for the stages is a 503 that says why.
-import t, { type Test } from 'tap';
-import type { InstanceView, WorkerView } from '../../gateway/cluster/worker-view.js';
+import t from 'tap';
+import type { InstanceView } from '../../gateway/cluster/worker-view.js';
 import { chooseColdStartPlan, decide } from '../../gateway/scheduler/decide.js';
-import type { InFlightLoad, PlannedStage, ScheduleRequest, SchedulerAction, SchedulerState } from '../../gateway/scheduler/types.js';
-import { GiB, readyWorker, stageView } from './fixtures/scheduler-views.js';
+import type { InFlightLoad, PlannedStage, ScheduleRequest } from '../../gateway/scheduler/types.js';
+import { GiB, readyWorker, stageView, schedulerState as state, type DecideRow as Row } from './fixtures/scheduler-views.js';
 
 const NOW = 5_000_000;
 
@@ -33,17 +33,6 @@ function request(k: number, bytes = GiB): ScheduleRequest {
 
 function stageLoad(id: string, workerId: string, index: number, count: number, status: InFlightLoad['status']): InFlightLoad {
   return { instanceId: id, model: 'm', workerId, device: 0, bytes: GiB, startedMs: NOW - 100, status, pipelineStage: { index, count } };
-}
-
-function state(workers: WorkerView[], loads: InFlightLoad[] = []): SchedulerState {
-  return { workers, loads, gatewayActive: new Map() };
-}
-
-interface Row {
-  name: string;
-  state: SchedulerState;
-  request: ScheduleRequest;
-  expect: (tt: Test, a: SchedulerAction) => void;
 }
 
 const rows: Row[] = [

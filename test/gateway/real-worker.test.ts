@@ -4,9 +4,8 @@
 import type { AddressInfo } from 'node:net';
 import OpenAI from 'openai';
 import t from 'tap';
-import { startWorker } from '../../worker/daemon/main.js';
 import { MODEL, registerTiny, testApp } from './fixtures/helpers.js';
-import { addonError } from './fixtures/real-workers.js';
+import { addonError, realWorker } from './fixtures/real-workers.js';
 
 t.test('gateway + real CPU worker', { skip: addonError ?? false }, async (t) => {
   const app = await testApp(t, { requestTimeoutMs: 60_000 });
@@ -14,29 +13,8 @@ t.test('gateway + real CPU worker', { skip: addonError ?? false }, async (t) => 
   await app.listen({ host: '127.0.0.1', port: 0 });
   const url = `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`;
   // Registration is the worker's job: wait for the gateway to see it READY.
-  const ready = new Promise<void>((resolve) => {
-    const off = app.cluster.onChange(() => {
-      if (app.cluster.view('real-1')?.state === 'READY') {
-        off();
-        resolve();
-      }
-    });
-  });
-  const worker = await startWorker({
-    id: 'real-1',
-    host: '127.0.0.1',
-    port: 0,
-    gatewayUrl: url,
-    backend: 'cpu',
-    hostCacheBytes: 256 * 1024 * 1024,
-    maxContext: 4096,
-    drainTimeoutMs: 2_000,
-    logLevel: 'silent',
-    fetchBandwidthBytesPerS: null,
-    loadOverlap: true,
-  });
+  const worker = await realWorker(app, url, 'real-1', { maxContext: 4096 });
   t.teardown(() => worker.close());
-  await ready;
 
   const openai = new OpenAI({ baseURL: `${url}/v1`, apiKey: 'unused', maxRetries: 0 });
   const res = await openai.chat.completions.create({ model: MODEL, messages: [{ role: 'user', content: 'hello' }], max_tokens: 8, temperature: 0, seed: 1 });

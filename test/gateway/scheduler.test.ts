@@ -3,6 +3,7 @@ import t from 'tap';
 import type { InstanceView, WorkerView } from '../../gateway/cluster/worker-view.js';
 import { decide, nextInstanceId } from '../../gateway/scheduler/decide.js';
 import type { InFlightLoad, ScheduleRequest, SchedulerState } from '../../gateway/scheduler/types.js';
+import { schedulerState as state } from './fixtures/scheduler-views.js';
 
 const GiB = 1024 ** 3;
 const NOW = 1_000_000;
@@ -48,10 +49,6 @@ function createLoad(o: Partial<InFlightLoad> = {}): InFlightLoad {
 
 function createRequest(o: Partial<ScheduleRequest> = {}): ScheduleRequest {
   return { model: 'm', modelBytes: GiB, range: { layerStart: 0, layerEnd: 2, hasEmbeddings: true, hasHead: true }, pipeline: null, coldStart: null, ...o };
-}
-
-function state(workers: WorkerView[], loads: InFlightLoad[] = [], active: [string, number][] = []): SchedulerState {
-  return { workers, loads, gatewayActive: new Map(active) };
 }
 
 interface Row {

@@ -9,10 +9,9 @@ import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import t from 'tap';
-import { startWorker } from '../../worker/daemon/main.js';
 import type { RequestTrace } from '../../gateway/scheduler/trace.js';
 import { MODEL, startCluster, tempDir, testApp, tinyModelUri } from './fixtures/helpers.js';
-import { addonError } from './fixtures/real-workers.js';
+import { addonError, realWorker } from './fixtures/real-workers.js';
 
 /** Phase name → duration of a server-timing style header. */
 function timings(header: string | null): Map<string, number> {
@@ -44,29 +43,8 @@ t.test('path and phases of cold and warm requests', { skip: addonError ?? false 
     decisions: [/^rejected: no worker is registered/],
   });
 
-  const ready = new Promise<void>((resolve) => {
-    const off = app.cluster.onChange(() => {
-      if (app.cluster.view('tw-1')?.state === 'READY') {
-        off();
-        resolve();
-      }
-    });
-  });
-  const worker = await startWorker({
-    id: 'tw-1',
-    host: '127.0.0.1',
-    port: 0,
-    gatewayUrl: url,
-    backend: 'cpu',
-    hostCacheBytes: 256 * 1024 * 1024,
-    maxContext: 512,
-    drainTimeoutMs: 2_000,
-    logLevel: 'silent',
-    fetchBandwidthBytesPerS: null,
-    loadOverlap: true,
-  });
+  const worker = await realWorker(app, url, 'tw-1');
   t.teardown(() => worker.close());
-  await ready;
 
   const cold = await post({});
   t.equal(cold.status, 200);
