@@ -17,20 +17,8 @@ export class GatewayMetrics implements LoopObserver {
     labelNames: ['method', 'route', 'status'] as const,
     registers: [this.registry],
   });
-  readonly httpDuration = new client.Histogram({
-    name: 'paraserve_http_request_duration_seconds',
-    help: 'Time from request arrival to the end of the response (whole stream for SSE)',
-    labelNames: ['method', 'route'] as const,
-    buckets: LATENCY_BUCKETS,
-    registers: [this.registry],
-  });
-  readonly timeToFirstToken = new client.Histogram({
-    name: 'paraserve_time_to_first_token_seconds',
-    help: 'Time from request arrival to the first generated token, by model',
-    labelNames: ['model'] as const,
-    buckets: LATENCY_BUCKETS,
-    registers: [this.registry],
-  });
+  readonly httpDuration = this.latencyHistogram('paraserve_http_request_duration_seconds', 'Time from request arrival to the end of the response (whole stream for SSE)', ['method', 'route'] as const);
+  readonly timeToFirstToken = this.latencyHistogram('paraserve_time_to_first_token_seconds', 'Time from request arrival to the first generated token, by model', ['model'] as const);
   readonly tokensGenerated = new client.Counter({
     name: 'paraserve_generated_tokens_total',
     help: 'Tokens received from workers, by model',
@@ -43,21 +31,9 @@ export class GatewayMetrics implements LoopObserver {
     labelNames: ['model', 'outcome'] as const,
     registers: [this.registry],
   });
-  readonly modelLoadDuration = new client.Histogram({
-    name: 'paraserve_model_load_duration_seconds',
-    help: 'Time from starting a LoadStage to READY (or failure), by model',
-    labelNames: ['model'] as const,
-    buckets: LATENCY_BUCKETS,
-    registers: [this.registry],
-  });
+  readonly modelLoadDuration = this.latencyHistogram('paraserve_model_load_duration_seconds', 'Time from starting a LoadStage to READY (or failure), by model', ['model'] as const);
 
-  readonly consolidation = new client.Histogram({
-    name: 'paraserve_consolidation_seconds',
-    help: "Time from a pipeline's READY until the model's whole-model instance loaded in the background is READY, by model",
-    labelNames: ['model'] as const,
-    buckets: LATENCY_BUCKETS,
-    registers: [this.registry],
-  });
+  readonly consolidation = this.latencyHistogram('paraserve_consolidation_seconds', "Time from a pipeline's READY until the model's whole-model instance loaded in the background is READY, by model", ['model'] as const);
 
   readonly queuedRequests = new client.Gauge({
     name: 'paraserve_queued_requests',
@@ -66,21 +42,9 @@ export class GatewayMetrics implements LoopObserver {
     registers: [this.registry],
   });
 
-  readonly swaps = new client.Histogram({
-    name: 'paraserve_swap_seconds',
-    help: 'Time of each SwapIn (in) and SwapOut (out) the gateway asked of a worker, by model, direction and outcome',
-    labelNames: ['model', 'direction', 'outcome'] as const,
-    buckets: LATENCY_BUCKETS,
-    registers: [this.registry],
-  });
+  readonly swaps = this.latencyHistogram('paraserve_swap_seconds', 'Time of each SwapIn (in) and SwapOut (out) the gateway asked of a worker, by model, direction and outcome', ['model', 'direction', 'outcome'] as const);
 
-  readonly requestPhases = new client.Histogram({
-    name: 'paraserve_request_phase_seconds',
-    help: 'Time of each phase of a completed request (queue, swap_in, load, fetch, copy, init, first_token, prefill, decode), by path (warm|swap|cold) and pipeline degree',
-    labelNames: ['phase', 'path', 'degree'] as const,
-    buckets: LATENCY_BUCKETS,
-    registers: [this.registry],
-  });
+  readonly requestPhases = this.latencyHistogram('paraserve_request_phase_seconds', 'Time of each phase of a completed request (queue, swap_in, load, fetch, copy, init, first_token, prefill, decode), by path (warm|swap|cold) and pipeline degree', ['phase', 'path', 'degree'] as const);
 
   constructor(cluster: ClusterState) {
     new client.Gauge({
@@ -93,6 +57,11 @@ export class GatewayMetrics implements LoopObserver {
       },
     });
     client.collectDefaultMetrics({ register: this.registry, prefix: 'paraserve_gateway_' });
+  }
+
+  /** A histogram of seconds on this registry, with the latency buckets every timing shares. */
+  private latencyHistogram<T extends string>(name: string, help: string, labelNames: readonly T[]): client.Histogram<T> {
+    return new client.Histogram({ name, help, labelNames, buckets: LATENCY_BUCKETS, registers: [this.registry] });
   }
 
   loadFinished(model: string, outcome: 'ok' | 'error', seconds: number): void {

@@ -49,19 +49,8 @@ export interface ModelArtifacts {
   eosTokenIds: number[];
 }
 
-export interface NewModel extends ModelArtifacts {
-  name: string;
-  source: string;
-  files: ModelFileRecord[];
-  architecture: string;
-  parameters: number;
-  bytes: number;
-  layers: number;
-  contextLength: number;
-  ttftSloMs: number | null;
-  gpuKeepAliveMs: number | null;
-  hostKeepAliveMs: number | null;
-}
+/** What registration stores: the record as shown (its creation time is the registry's) and the artifacts. */
+export type NewModel = Omit<ModelRecord, 'createdAt'> & ModelArtifacts;
 
 export interface ApiKeyRecord {
   name: string;
