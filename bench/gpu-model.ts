@@ -15,6 +15,7 @@ import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
+import { argmax } from '../worker/engine/sampling.js';
 import { loadNativeAddon } from '../worker/native/addon.js';
 import type { HostBufferHandle, StageHandle, StageSpec, TensorBinding } from '../worker/native/addon-types.js';
 import { parseModelConfig } from '../worker/models/config.js';
@@ -76,12 +77,6 @@ function swapIn(model: HostModel): StageHandle {
 function median(values: number[]): number {
   const sorted = [...values].sort((a, b) => a - b);
   return sorted[Math.floor(sorted.length / 2)]!;
-}
-
-function argmax(values: Float32Array): number {
-  let best = 0;
-  for (let i = 1; i < values.length; i++) if (values[i]! > values[best]!) best = i;
-  return best;
 }
 
 async function seconds(work: () => Promise<unknown>): Promise<number> {
