@@ -9,7 +9,6 @@
 // bytes are checked against the device's free bytes (memory.ts), and a swap that cannot fit is
 // refused with RESOURCE_EXHAUSTED naming both. Swaps of one instance run one after the other;
 // an unload waits for the one in progress.
-import { setImmediate as yieldToLoop } from 'node:timers/promises';
 import { status } from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import { nativeStageRunner } from '../engine/generator.js';
@@ -17,6 +16,7 @@ import type { BackendName, NativeAddon, StageHandle } from '../native/addon-type
 import { WorkerError } from './errors.js';
 import { chooseDevice, deviceFitProblem } from './memory.js';
 import type { InstanceRecord, WorkerState } from './state.js';
+import { bindSlices } from './bind-slices.js';
 
 export interface SwapDeps {
   addon: NativeAddon;
@@ -120,14 +120,6 @@ export function checkRoom(state: WorkerState, instanceId: string, bytes: number,
 }
 
 /**
- * Binding yields to the event loop after this long, not after every tensor: on CUDA a bind
- * only queues a copy (microseconds), and under load one event-loop turn per tensor made a
- * swap-in of a few hundred tensors take hundreds of milliseconds; on the CPU backend a bind
- * converts the tensor (milliseconds) and the slices keep the worker responsive.
- */
-const BIND_SLICE_MS = 10;
-
-/**
  * Creates the instance's stage on `device` and binds every tensor from its host copy. The
  * caller accounts the bytes; on failure the stage is disposed and an out-of-memory device
  * becomes RESOURCE_EXHAUSTED. Resolves to the stage and the bytes copied.
@@ -143,14 +135,11 @@ async function buildStage(deps: SwapDeps, record: InstanceRecord, device: number
     stage = addon.createStage({ ...spec, device });
     const copyStarted = performance.now();
     let copied = 0;
-    let sliceStarted = copyStarted;
+    const endOfBind = bindSlices();
     for (const t of record.hostTensors) {
       addon.bindTensor(stage, { name: t.name, dtype: t.dtype, shape: t.shape, buffer, offset: t.offset });
       copied += t.bytes;
-      if (performance.now() - sliceStarted > BIND_SLICE_MS) {
-        await yieldToLoop();
-        sliceStarted = performance.now();
-      }
+      await endOfBind();
     }
     const missing = addon.missingTensors(stage);
     if (missing.length > 0) throw new WorkerError(status.INTERNAL, `the host copy of instance ${record.id} lacks tensors: ${missing.join(', ')}`);
