@@ -47,7 +47,6 @@ import { allocateHostCopy, releaseNative } from './host-cache.js';
 import { chooseDevice, estimateWeightBytes } from './memory.js';
 import type { HostTensor, InstanceRecord, WorkerState } from './state.js';
 import { attachStage, checkRoom, swapIn, swapSettled } from './swap.js';
-import { bindSlices } from './bind-slices.js';
 
 export type LoadPhase = 'FETCH' | 'COPY' | 'INIT' | 'READY';
 
@@ -583,7 +582,6 @@ async function bindAsLanded(
   onProgress: (bytesDone: number) => void,
 ): Promise<void> {
   let done = 0;
-  const endOfBind = bindSlices();
   for (const [i, t] of tensors.entries()) {
     await landed.whenLanded(i, signal);
     signal.throwIfAborted();
@@ -591,7 +589,7 @@ async function bindAsLanded(
     addon.bindTensor(stage, { name: t.name, dtype: t.dtype, shape: t.shape, buffer, offset: t.offset });
     done += t.bytes;
     onProgress(done);
-    await endOfBind();
+    await yieldToLoop();
   }
   if (tensors.length === 0) onStart();
 }
