@@ -18,7 +18,6 @@
 // DATA_LOSS. A tensor is bound only once every chunk under it verified, and the instance
 // serves only once all are bound, so it never serves unverified bytes (files registered
 // without chunks load unverified, with a warning).
-import { createHash } from 'node:crypto';
 import { setImmediate as yieldToLoop } from 'node:timers/promises';
 import { status } from '@grpc/grpc-js';
 import type { Logger } from 'pino';
@@ -43,6 +42,7 @@ import {
   type FetchRange,
   type FileChunkHashes,
 } from './fetch-plan.js';
+import { sha256Off } from './chunk-hasher.js';
 import { allocateHostCopy, releaseNative } from './host-cache.js';
 import { chooseDevice, estimateWeightBytes } from './memory.js';
 import type { HostTensor, InstanceRecord, WorkerState } from './state.js';
@@ -372,10 +372,13 @@ interface ChunkFailure {
   actual: string;
 }
 
+/** Chunks of one range being hashed at once; the fetch waits for the oldest beyond this. */
+const HASHES_IN_FLIGHT = 8;
+
 /**
  * Fetches one range: copies the bytes its targets need into the buffer and hashes each of its
- * chunks as it completes. Resolves to the chunks that failed verification (a stream that ends
- * early fails the chunks it did not complete).
+ * chunks, on the hashing threads, once all its bytes arrived. Resolves to the chunks that
+ * failed verification (a stream that ends early fails the chunks it did not complete).
  */
 async function fetchRange(
   addon: NativeAddon,
@@ -385,46 +388,58 @@ async function fetchRange(
   signal: AbortSignal,
 ): Promise<ChunkFailure[]> {
   const failures: ChunkFailure[] = [];
+  const hashing: Promise<void>[] = [];
   let expectedOffset = range.begin;
   let target = 0;
   let chunk = 0;
-  let hash = createHash('sha256');
-  let hashed = 0;
-  await source.streamRange(
-    range.file,
-    range.begin,
-    range.end,
-    (piece, offset) => {
-      if (signal.aborted) return;
-      if (offset !== expectedOffset) {
-        throw new WorkerError(status.INTERNAL, `${range.file}: the source sent bytes at ${offset}, expected ${expectedOffset}`);
-      }
-      expectedOffset += piece.length;
-      const pieceEnd = offset + piece.length;
-      while (target < range.targets.length && range.targets[target]!.end <= offset) target++;
-      for (let k = target; k < range.targets.length && range.targets[k]!.begin < pieceEnd; k++) {
-        const t = range.targets[k]!;
-        const from = Math.max(t.begin, offset);
-        const to = Math.min(t.end, pieceEnd);
-        if (from < to) addon.writeHostBuffer(buffer, t.bufferOffset + (from - t.begin), piece.subarray(from - offset, to - offset));
-      }
-      for (let at = 0; at < piece.length && chunk < range.chunks.length; ) {
-        const c = range.chunks[chunk]!;
-        const take = Math.min(piece.length - at, c.end - c.begin - hashed);
-        hash.update(piece.subarray(at, at + take));
-        hashed += take;
-        at += take;
-        if (hashed === c.end - c.begin) {
-          const actual = hash.digest('hex');
-          if (actual !== c.sha256) failures.push({ chunk: c, actual });
-          chunk++;
-          hash = createHash('sha256');
-          hashed = 0;
+  let chunkBytes: Uint8Array | null = null;
+  let filled = 0;
+  const verify = (c: FetchChunk, bytes: Uint8Array): Promise<void> =>
+    sha256Off(bytes).then((actual) => {
+      if (actual !== c.sha256) failures.push({ chunk: c, actual });
+    });
+  try {
+    await source.streamRange(
+      range.file,
+      range.begin,
+      range.end,
+      async (piece, offset) => {
+        if (signal.aborted) return;
+        if (offset !== expectedOffset) {
+          throw new WorkerError(status.INTERNAL, `${range.file}: the source sent bytes at ${offset}, expected ${expectedOffset}`);
         }
-      }
-    },
-    signal,
-  );
+        expectedOffset += piece.length;
+        const pieceEnd = offset + piece.length;
+        while (target < range.targets.length && range.targets[target]!.end <= offset) target++;
+        for (let k = target; k < range.targets.length && range.targets[k]!.begin < pieceEnd; k++) {
+          const t = range.targets[k]!;
+          const from = Math.max(t.begin, offset);
+          const to = Math.min(t.end, pieceEnd);
+          if (from < to) addon.writeHostBuffer(buffer, t.bufferOffset + (from - t.begin), piece.subarray(from - offset, to - offset));
+        }
+        for (let at = 0; at < piece.length && chunk < range.chunks.length; ) {
+          const c = range.chunks[chunk]!;
+          chunkBytes ??= new Uint8Array(c.end - c.begin);
+          const take = Math.min(piece.length - at, chunkBytes.length - filled);
+          chunkBytes.set(piece.subarray(at, at + take), filled);
+          filled += take;
+          at += take;
+          if (filled === chunkBytes.length) {
+            hashing.push(verify(c, chunkBytes));
+            chunk++;
+            chunkBytes = null;
+            filled = 0;
+          }
+        }
+        if (hashing.length >= HASHES_IN_FLIGHT) await hashing.shift();
+      },
+      signal,
+    );
+  } finally {
+    // No hash is left running behind a failed fetch.
+    await Promise.allSettled(hashing);
+  }
+  await Promise.all(hashing);
   for (; chunk < range.chunks.length; chunk++) {
     failures.push({ chunk: range.chunks[chunk]!, actual: `none (the source sent ${expectedOffset - range.begin} of ${range.end - range.begin} bytes)` });
   }
