@@ -1,11 +1,13 @@
 // Host buffer and host pool exports (see AddonHostBuffer.h). All of them run on the JS
-// thread. A binding shares ownership of its buffer, so freeHostBuffer right after
+// thread but copyHostBuffer, whose copies (gigabytes when a load reuses another instance's
+// host copy) run on a libuv worker thread. A binding shares ownership of its buffer, so freeHostBuffer right after
 // bindTensor is safe even while an asynchronous copy still reads it.
 #include "AddonHostBuffer.h"
 
 #include <cstring>
 #include <memory>
 
+#include "AddonAsync.h"
 #include "AddonErrors.h"
 #include "AddonValues.h"
 #include "core/Backends.h"
@@ -67,6 +69,36 @@ Napi::Value WriteHostBuffer(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// Both ranges are checked before anything is queued; the promise settles once the bytes
+// are copied. The copy holds both buffers, so freeing either meanwhile is safe.
+Napi::Value CopyHostBuffer(const Napi::CallbackInfo& info) {
+  try {
+    std::shared_ptr<const HostBuffer> from = sharedHostBuffer(info[0], "from");
+    const int64_t fromOffset = integerValue(info[1], "fromOffset", 0, kMaxSafeInteger);
+    std::shared_ptr<const HostBuffer> to = sharedHostBuffer(info[2], "to");
+    const int64_t toOffset = integerValue(info[3], "toOffset", 0, kMaxSafeInteger);
+    const int64_t bytes = integerValue(info[4], "bytes", 0, kMaxSafeInteger);
+    const auto fits = [bytes](const HostBuffer& buffer, int64_t offset) {
+      return static_cast<uint64_t>(offset) <= buffer.bytes() && static_cast<uint64_t>(bytes) <= buffer.bytes() - offset;
+    };
+    if (!fits(*from, fromOffset) || !fits(*to, toOffset)) {
+      throw InvalidArgumentError("copying " + std::to_string(bytes) + " bytes from offset " + std::to_string(fromOffset) +
+                                 " of a " + std::to_string(from->bytes()) + "-byte buffer to offset " +
+                                 std::to_string(toOffset) + " of a " + std::to_string(to->bytes()) +
+                                 "-byte buffer runs past the end of one");
+    }
+    return runAsync<bool>(
+        info.Env(), "paraserve.copyHostBuffer",
+        [from, fromOffset, to, toOffset, bytes] {
+          if (bytes > 0) std::memmove(to->data() + toOffset, from->data() + fromOffset, static_cast<size_t>(bytes));
+          return true;
+        },
+        [](Napi::Env env, bool&) { return env.Undefined(); });
+  } catch (...) {
+    return rejectedPromise(info.Env());
+  }
+}
+
 Napi::Value PoolInfoValue(Napi::Env env, const HostPoolInfo& pool) {
   Napi::Object out = Napi::Object::New(env);
   out.Set("bytes", Napi::Number::New(env, static_cast<double>(pool.bytes)));
@@ -109,6 +141,7 @@ void registerHostBufferExports(Napi::Env env, Napi::Object exports) {
   exportFunction<AllocHostBuffer>(env, exports, "allocHostBuffer");
   exportFunction<HostBufferInfo>(env, exports, "hostBufferInfo");
   exportFunction<WriteHostBuffer>(env, exports, "writeHostBuffer");
+  exportFunction<CopyHostBuffer>(env, exports, "copyHostBuffer");
   exportFunction<FreeHostBuffer>(env, exports, "freeHostBuffer");
   exportFunction<ConfigureHostPool>(env, exports, "configureHostPool");
   exportFunction<HostPoolInfoExport>(env, exports, "hostPoolInfo");

@@ -1,5 +1,5 @@
 // JS face of host buffers and the host pool: allocHostBuffer, hostBufferInfo,
-// writeHostBuffer, freeHostBuffer, configureHostPool, hostPoolInfo. A HostBufferHandle is an External tagged as ours, owning the buffer
+// writeHostBuffer, copyHostBuffer, freeHostBuffer, configureHostPool, hostPoolInfo. A HostBufferHandle is an External tagged as ours, owning the buffer
 // until freeHostBuffer (or garbage collection of a forgotten handle).
 #pragma once
 

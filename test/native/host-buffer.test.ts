@@ -51,6 +51,30 @@ t.test('a sub-array view writes its own bytes, not its backing buffer from 0', a
   addon.freeHostBuffer(buffer);
 });
 
+t.test('copyHostBuffer copies between buffers off the JS thread, bounds-checked', async (t) => {
+  const from = addon.allocHostBuffer(16, false);
+  addon.writeHostBuffer(from, 0, new Uint8Array(Float32Array.from([1, 2, 3, 4]).buffer));
+  const to = addon.allocHostBuffer(12, false);
+  await addon.copyHostBuffer(from, 8, to, 4, 8);
+  // Read back through an embeddings-only stage bound at the copy's offset.
+  const stage = addon.createStage({
+    backend: 'cpu', device: 0, vocabSize: 1, hiddenSize: 2, intermediateSize: 2, numAttentionHeads: 1,
+    numKeyValueHeads: 1, headDim: 2, numLayers: 1, layerStart: 0, layerEnd: 0, hasEmbeddings: true, hasHead: false,
+    tieWordEmbeddings: false, attentionBias: false, rmsNormEps: 1e-6, ropeTheta: 10000, rope: { kind: 'none' },
+    maxContext: 1, computeDType: 'f32',
+  });
+  addon.bindTensor(stage, { name: 'model.embed_tokens.weight', dtype: 'f32', shape: [1, 2], buffer: to, offset: 4 });
+  const row = await addon.forward(stage, { sequence: 0, position: 0, tokens: Int32Array.from([0]), hidden: null });
+  t.same(Array.from(row), [3, 4]);
+  addon.disposeStage(stage);
+  await t.rejects(addon.copyHostBuffer(from, 12, to, 0, 8), { name: 'InvalidArgumentError', message: /runs past the end/ });
+  await t.rejects(addon.copyHostBuffer(from, 0, to, 8, 8), { name: 'InvalidArgumentError' });
+  await t.rejects(addon.copyHostBuffer(from, -1, to, 0, 1), { name: 'InvalidArgumentError' });
+  addon.freeHostBuffer(to);
+  await t.rejects(addon.copyHostBuffer(from, 0, to, 0, 1), { name: 'DisposedError' });
+  addon.freeHostBuffer(from);
+});
+
 t.test('bad sizes and use after free', async (t) => {
   t.throws(() => addon.allocHostBuffer(0, false), { name: 'InvalidArgumentError', message: /bytes must be an integer in \[1,/ });
   t.throws(() => addon.allocHostBuffer(-5, false), InvalidArgumentError);

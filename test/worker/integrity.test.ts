@@ -68,6 +68,30 @@ t.test('planFetch with chunks: union of touched chunks, merged, split on chunk e
   t.same(subRange(plan.ranges[1]!, chunk(3)), plan.ranges[1], 'a one-chunk range refetches as itself');
   t.same(subRange(plan.ranges[0]!, chunk(2)), { file: 'x', begin: 20, end: 30, targets: [{ begin: 20, end: 30, bufferOffset: 8 }], chunks: [chunk(2)] });
 
+  const withoutB = planFetch(
+    [
+      { name: 'a', file: 'x', begin: 12, end: 25 },
+      { name: 'b', file: 'x', begin: 25, end: 31 },
+      { name: 'c', file: 'x', begin: 33, end: 38 },
+      { name: 'd', file: 'x', begin: 60, end: 95 },
+      { name: 'e', file: 'y', begin: 0, end: 4 },
+    ],
+    { maxRangeBytes: 20, alignment: 8 },
+    chunks,
+    new Set(['b', 'd']),
+  );
+  t.same([...withoutB.offsets], [...plan.offsets], 'tensors had from elsewhere keep their place in the buffer');
+  t.equal(withoutB.totalBytes, plan.totalBytes);
+  t.same(
+    withoutB.ranges.map((r) => [r.begin, r.end, r.targets]),
+    [
+      [10, 30, [{ begin: 12, end: 25, bufferOffset: 0 }]],
+      [30, 40, [{ begin: 33, end: 38, bufferOffset: 24 }]],
+      [0, 4, [{ begin: 0, end: 4, bufferOffset: 72 }]],
+    ],
+    'they are not fetched; chunks they share with fetched tensors still are, whole',
+  );
+
   const big = planFetch([{ name: 'a', file: 'x', begin: 0, end: 95 }], { maxRangeBytes: 4, alignment: 8 }, chunks);
   t.equal(big.ranges.length, 10, 'a chunk longer than maxRangeBytes is one request');
   t.ok(big.ranges.every((r) => r.chunks.length === 1 && r.begin === r.chunks[0]!.begin && r.end === r.chunks[0]!.end));
@@ -194,6 +218,14 @@ function request(instanceId: string, stage: StageRange | null = null, withChunks
   };
 }
 
+/**
+ * The request without whole-file digests: its chunks are still verified, but it takes no
+ * tensors from the host copies of earlier loads (local-copies.ts), so it fetches them all.
+ */
+function fetchingAll(r: LoadStageRequest): LoadStageRequest {
+  return { ...r, source: { ...r.source, files: r.source!.files!.map((f) => ({ ...f, sha256: '' })) } };
+}
+
 const prompt = [5, 17, 42, 99, 3];
 let generations = 0;
 const greedy = async (instanceId: string): Promise<number[]> => {
@@ -228,7 +260,7 @@ t.test('a chunk corrupted on its first fetch is refetched; the load succeeds wit
 t.test('a chunk corrupted on every fetch fails the load with DATA_LOSS; the worker keeps serving', async (t) => {
   const corruption: Corruption = { offset: target, mode: 'always', hits: 0 };
   server.corrupt(corruption);
-  const outcome = await loadStage(client, request('poisoned'));
+  const outcome = await loadStage(client, fetchingAll(request('poisoned')));
   server.corrupt(null);
   t.equal(outcome.code, grpc.status.DATA_LOSS, outcome.details);
   t.equal(corruption.hits, 2, 'fetched once, refetched once, then given up');
@@ -262,7 +294,7 @@ t.test('a stage of a 2-stage split fetches only the chunks of its layers', async
   const stageBytes = stageTensors.reduce((sum, x) => sum + (x.end - x.begin), 0);
   const dataStart = Math.min(...[...tensors.values()].map((x) => x.begin));
   const before = server.served.length;
-  const outcome = await loadStage(client, request('second-half', stage));
+  const outcome = await loadStage(client, fetchingAll(request('second-half', stage)));
   t.equal(outcome.code, grpc.status.OK, outcome.details);
   // The header reads end where the tensor data starts; every other request is for tensors.
   const weightRanges = server.served.slice(before).filter((r) => r.path === WEIGHTS && r.end > dataStart);
@@ -278,4 +310,35 @@ t.test('a stage of a 2-stage split fetches only the chunks of its layers', async
   t.notOk(weightRanges.some((r) => r.begin < firstLayerOwn.end - CHUNK_BYTES && r.end > firstLayerOwn.begin + CHUNK_BYTES), "layer 0's bytes are not fetched");
   const fetches = outcome.messages.filter((m) => m.phase === 'FETCH');
   t.equal(fetches.at(-1)!.bytesTotal, servedBytes, 'FETCH progress counts the bytes requested');
+});
+
+t.test('a load copies what a host copy of the same files on the worker holds and fetches only the rest', async (t) => {
+  for (const id of ['refetched', 'poisoned', 'second-half']) {
+    await unary((o, cb) => client.UnloadStage({ instanceId: id }, o, cb));
+  }
+  const front = { layerStart: 0, layerEnd: 2, hasEmbeddings: true, hasHead: false, stageIndex: 0, stageCount: 2 };
+  const frontTensors = planStageTensors(tensors, config, front);
+  const first = await loadStage(client, request('front', front));
+  t.equal(first.code, grpc.status.OK, first.details);
+
+  const before = server.served.length;
+  const whole = await loadStage(client, request('whole-again'));
+  t.equal(whole.code, grpc.status.OK, whole.details);
+  const dataStart = Math.min(...[...tensors.values()].map((x) => x.begin));
+  const weightRanges = server.served.slice(before).filter((r) => r.path === WEIGHTS && r.end > dataStart);
+  const fetched = weightRanges.reduce((sum, r) => sum + (r.end - r.begin), 0);
+  const frontBytes = frontTensors.reduce((sum, x) => sum + (x.end - x.begin), 0);
+  const allBytes = planStageTensors(tensors, config, wholeModelRange(config)).reduce((sum, x) => sum + (x.end - x.begin), 0);
+  t.ok(fetched <= allBytes - frontBytes + 2 * CHUNK_BYTES, `fetched ${fetched} bytes: the model's ${allBytes} less the front stage's ${frontBytes}, give or take chunk edges`);
+  const embeddings = tensors.get('model.embed_tokens.weight')!;
+  t.notOk(weightRanges.some((r) => r.begin < embeddings.end - CHUNK_BYTES && r.end > embeddings.begin + CHUNK_BYTES), 'the embeddings were not fetched again');
+  t.same(await greedy('whole-again'), await greedy('plain'), 'same tokens as the instance loaded from the source alone');
+
+  const fetchesAfterUnload = server.served.length;
+  await unary((o, cb) => client.UnloadStage({ instanceId: 'front' }, o, cb));
+  await unary((o, cb) => client.UnloadStage({ instanceId: 'whole-again' }, o, cb));
+  const alone = await loadStage(client, request('whole-alone'));
+  t.equal(alone.code, grpc.status.OK, alone.details);
+  const refetched = server.served.slice(fetchesAfterUnload).filter((r) => r.path === WEIGHTS && r.end > dataStart);
+  t.ok(refetched.reduce((sum, r) => sum + (r.end - r.begin), 0) >= allBytes, 'with no host copy left, every byte is fetched');
 });

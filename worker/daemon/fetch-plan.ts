@@ -10,6 +10,10 @@
 // is longer), so every chunk can be verified; only the bytes the spans need are copied into
 // the buffer (targets), chunk edges are hashed and dropped. A file without chunk hashes is
 // fetched span by span, unverified.
+//
+// Tensors in `have` (bytes the worker copies from another host copy of the same files, see
+// local-copies.ts) are laid out like the others but not fetched: the layout never depends on
+// which tensors are had, so it can be computed before the donors are chosen.
 import type { TensorInfo } from '../models/safetensors.js';
 
 /** File bytes [begin, end) go to the host buffer at bufferOffset. */
@@ -82,16 +86,20 @@ interface Span {
 }
 
 /**
- * Lays out `tensors` (a stage plan, in layer order) and cuts the requests that fetch them.
- * `chunks` gives the chunk hashes of the files that have them (others are unverified).
+ * Lays out `tensors` (a stage plan, in layer order) and cuts the requests that fetch them,
+ * all but those named in `have`. `chunks` gives the chunk hashes of the files that have them
+ * (others are unverified).
  */
 export function planFetch(
   tensors: readonly Pick<TensorInfo, 'name' | 'file' | 'begin' | 'end'>[],
   options: FetchPlanOptions = defaultFetchPlanOptions,
   chunks: ReadonlyMap<string, FileChunkHashes> = new Map(),
+  have: ReadonlySet<string> = new Set(),
 ): FetchPlan {
   const offsets = new Map<string, number>();
   const spans: Span[] = [];
+  /** The spans' parts that are fetched: runs of tensors not in `have`. */
+  const fetchSpans: Span[] = [];
   let cursor = 0;
   let tensorBytes = 0;
   for (const t of tensors) {
@@ -107,13 +115,21 @@ export function planFetch(
     const span = spans.at(-1)!;
     cursor = span.bufferOffset + (span.end - span.begin);
     tensorBytes += t.end - t.begin;
+    if (have.has(t.name)) continue;
+    const bufferOffset = offsets.get(t.name)!;
+    const lastFetched = fetchSpans.at(-1);
+    if (lastFetched !== undefined && lastFetched.file === t.file && lastFetched.end === t.begin && lastFetched.bufferOffset + (t.begin - lastFetched.begin) === bufferOffset) {
+      lastFetched.end = t.end;
+    } else {
+      fetchSpans.push({ file: t.file, begin: t.begin, end: t.end, bufferOffset });
+    }
   }
 
   const ranges: FetchRange[] = [];
   /** For verified files: the range that fetches each chunk, by file then chunk index. */
   const rangeOfChunk = new Map<string, Map<number, FetchRange>>();
   const unverified = new Set<string>();
-  for (const span of spans) {
+  for (const span of fetchSpans) {
     const hashes = chunks.get(span.file);
     if (hashes === undefined) {
       unverified.add(span.file);

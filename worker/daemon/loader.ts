@@ -18,6 +18,9 @@
 // DATA_LOSS. A tensor is bound only once every chunk under it verified, and the instance
 // serves only once all are bound, so it never serves unverified bytes (files registered
 // without chunks load unverified, with a warning).
+// Tensors that another settled host copy of the same verified files on this worker holds (a
+// pipeline member's own stage when it consolidates the whole model, a stage kept after its
+// pipeline dissolved) are copied from it instead of fetched (local-copies.ts).
 import { setImmediate as yieldToLoop } from 'node:timers/promises';
 import { status } from '@grpc/grpc-js';
 import type { Logger } from 'pino';
@@ -44,6 +47,7 @@ import {
 } from './fetch-plan.js';
 import { sha256Off } from './chunk-hasher.js';
 import { allocateHostCopy, releaseNative } from './host-cache.js';
+import { contentKeyOf, localCopies } from './local-copies.js';
 import { chooseDevice, estimateWeightBytes } from './memory.js';
 import type { HostTensor, InstanceRecord, WorkerState } from './state.js';
 import { attachStage, checkRoom, swapIn, swapSettled } from './swap.js';
@@ -228,6 +232,7 @@ export async function loadStage(
     error: '',
     lastUsedMs: Date.now(),
     secondCopy: null,
+    contentKey: contentKeyOf(request.source.files),
     maxContext: resolved.maxContext,
     stageSpec,
     nativeStage: null,
@@ -295,21 +300,38 @@ export async function loadStage(
     loadSignal.throwIfAborted();
     const planned = planStageTensors(tensors, config, resolved.spec);
     const tensorBytes = planned.reduce((sum, t) => sum + (t.end - t.begin), 0);
-    const plan = planFetch(planned, { ...defaultFetchPlanOptions, maxRangeBytes: maxRangeBytesFor(tensorBytes) }, chunks);
-    if (plan.unverifiedFiles.length > 0) {
-      log.warn({ files: plan.unverifiedFiles }, 'loading unverified bytes: these files were registered without chunk hashes');
+    const planOptions = { ...defaultFetchPlanOptions, maxRangeBytes: maxRangeBytesFor(tensorBytes) };
+    const layout = planFetch(planned, planOptions, chunks);
+    if (layout.unverifiedFiles.length > 0) {
+      log.warn({ files: layout.unverifiedFiles }, 'loading unverified bytes: these files were registered without chunk hashes');
     }
 
     const weightBytes = estimateWeightBytes(planned, stageSpec.computeDType);
     checkRoom(deps.state, record.id, weightBytes, device);
     record.deviceBytes = weightBytes;
     roomReserved();
-    const buffer = allocateHostCopy({ addon: deps.addon, state: deps.state, logger: log }, record, plan.totalBytes);
+    const buffer = allocateHostCopy({ addon: deps.addon, state: deps.state, logger: log }, record, layout.totalBytes);
     record.hostBuffer = buffer;
-    record.hostTensors = planned.map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape, offset: plan.offsets.get(t.name)!, bytes: t.end - t.begin }));
+    record.hostTensors = planned.map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape, offset: layout.offsets.get(t.name)!, bytes: t.end - t.begin }));
+    // Donors are chosen once the buffer is allocated, since making room may evict host copies.
+    const copies = localCopies(deps.state, record, record.hostTensors);
+    const had = new Set(copies.map((c) => c.name));
+    const plan = had.size === 0 ? layout : planFetch(planned, planOptions, chunks, had);
+    if (copies.length > 0) {
+      log.info({ tensors: copies.length, bytes: copies.reduce((sum, c) => sum + c.bytes, 0) }, 'copying tensors from host copies on this worker');
+    }
 
     report('FETCH', 0, plan.fetchBytes);
-    const landed = new LandedTensors(tensorRanges(planned, plan));
+    // Copied tensors land together, as one extra "range" after the fetched ones.
+    const copiedRange = plan.ranges.length;
+    const landed = new LandedTensors(tensorRanges(planned, plan).map((ranges, i) => (had.has(planned[i]!.name) ? [copiedRange] : ranges)));
+    if (copies.length > 0) {
+      track(
+        Promise.all(copies.map((c) => deps.addon.copyHostBuffer(c.from, c.fromOffset, buffer, layout.offsets.get(c.name)!, c.bytes))).then(() =>
+          landed.rangeDone(copiedRange),
+        ),
+      );
+    }
     const fetchStarted = performance.now();
     const fetching = track(
       fetchInto(deps, log, source, plan, buffer, loadSignal, (index, done) => {
@@ -317,7 +339,7 @@ export async function loadStage(
         report('FETCH', done, plan.fetchBytes);
       }).then(() => {
         const fetchSeconds = (performance.now() - fetchStarted) / 1000;
-        if (fetchSeconds > 0) deps.state.recordFetchRate(plan.fetchBytes / fetchSeconds);
+        if (fetchSeconds > 0 && plan.fetchBytes > 0) deps.state.recordFetchRate(plan.fetchBytes / fetchSeconds);
         phase('FETCH', true);
       }),
     );

@@ -33,6 +33,8 @@ export interface InstanceRecord extends InstanceFacts {
   stageSpec: StageSpec | null;
   /** Native stage; set while the instance has a device copy. */
   nativeStage: StageHandle | null;
+  /** Identifies the model files' bytes (local-copies.ts); equal keys, same tensor bytes. */
+  contentKey: string | null;
   /** The instance's host copy (host cache); set once allocated, kept until unload or eviction. */
   hostBuffer: HostBufferHandle | null;
   /** The copy plan: every tensor the stage binds, in layer order, from hostBuffer. */

@@ -118,6 +118,11 @@ export interface NativeAddon {
   hostBufferInfo(buffer: HostBufferHandle): HostBufferInfo;
   /** Copies data into the buffer at offset; throws RangeError past its end. */
   writeHostBuffer(buffer: HostBufferHandle, offset: number, data: Uint8Array): void;
+  /**
+   * Copies `bytes` bytes between host buffers on a thread of the pool; settles once copied.
+   * Rejects with InvalidArgumentError when either range runs past its buffer's end.
+   */
+  copyHostBuffer(from: HostBufferHandle, fromOffset: number, to: HostBufferHandle, toOffset: number, bytes: number): Promise<void>;
   freeHostBuffer(buffer: HostBufferHandle): void;
   /**
    * Allocates the host pool (pinned where possible; pageable with a logged warning when
