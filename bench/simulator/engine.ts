@@ -239,6 +239,7 @@ class Simulation {
         id: `s${s}`,
         gpus,
         hostCopies: [],
+        stageCopies: [],
         hostIndex: new Map(),
         hostUsed: 0,
         fetchBytesPerS: c.fetchBytesPerS,

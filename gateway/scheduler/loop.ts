@@ -8,11 +8,11 @@
 // Each request's path and phase times go to its RequestTracer (trace.ts).
 // Consolidation (opts.consolidate): once a pipeline answers READY, the model is loaded whole in
 // the background on the worker decide.ts chooseConsolidationTarget picks (stage 0's when it has
-// room), from storage — reading the members' host copies instead is a later refinement. The
+// room): that worker copies its own stage's layers from host memory and fetches the rest. The
 // pipeline serves until that load is READY; then decide() prefers the whole-model instance, the
 // pipeline is hidden from new decisions (retired) and, once its last in-flight request ends, its
-// stages are unloaded (the group dissolves). Members do not keep their host copies: UnloadStage
-// frees everything until the swap-out path (issue 5) exists. Requests on the consolidated
+// group dissolves: members swap their stages out and keep the host copies, which later loads of
+// the model on those workers copy instead of fetching (see dissolve()). Requests on the consolidated
 // instance are traced warm with a `consolidated` marker; the time from the pipeline's READY to
 // the whole model's goes to the log and paraserve_consolidation_seconds.
 // GPU sharing (issue 5; ARCHITECTURE.md "GPU sharing"): every request is admitted to its model's
@@ -322,7 +322,10 @@ export class SchedulerLoop {
   /** Whole-model instances that consolidated a pipeline (the trace's `consolidated` marker). */
   private readonly consolidatedInstances = new Set<string>();
   /** Consolidated pipelines by instance id, unloaded once no request of the gateway runs on them. */
-  private readonly dissolving = new Map<string, ConsolidationRequest>();
+  /** Consolidated pipelines waiting for their last request to end, with the worker now holding the whole model. */
+  private readonly dissolving = new Map<string, { pipeline: ConsolidationRequest; consolidatedOn: string }>();
+  /** Kept stage copies being dropped (keep-alive), as `worker/instance`. */
+  private readonly droppingStages = new Set<string>();
   /** LoadStage calls cancelled because their worker went DOWN. */
   private readonly abandoned = new WeakSet<ClientReadableStream<LoadProgress__Output>>();
   /** Stage plans per model and source (the headers do not change under a registered model). */
@@ -867,6 +870,10 @@ export class SchedulerLoop {
         this.dropCopy(a.serverId, a.instanceId, a.model, this.leaveDevice(), a.reason);
         continue;
       }
+      if (a.kind === 'drop-stage') {
+        this.dropStage(a.serverId, a.instanceId);
+        continue;
+      }
       for (const i of this.cluster.view(a.serverId)?.instances ?? []) {
         if (i.model === a.model && i.residency === 'HOST_ONLY' && !this.swaps.has(i.instanceId)) this.dropCopy(a.serverId, i.instanceId, a.model, 'unload', a.reason);
       }
@@ -1393,7 +1400,7 @@ export class SchedulerLoop {
         this.observer.consolidated(model.name, ms / 1000);
         this.log.info({ pipeline: pipeline.instanceId, instanceId, worker: decision.load.workerId, ms }, 'pipeline consolidated');
         this.retired.add(pipeline.instanceId);
-        this.dissolving.set(pipeline.instanceId, pipeline);
+        this.dissolving.set(pipeline.instanceId, { pipeline, consolidatedOn: decision.load.workerId });
         this.dissolve();
       },
       (e: unknown) => {
@@ -1403,24 +1410,43 @@ export class SchedulerLoop {
   }
 
   /**
-   * Unloads every consolidated pipeline no request of the gateway runs on (best effort; a stage
-   * already gone answers NOT_FOUND). Its members free the stage's host copy too: keeping it for
-   * later swap-ins needs the swap-out path (issue 5).
+   * Dissolves every consolidated pipeline no request of the gateway runs on (best effort; a
+   * stage already gone answers NOT_FOUND). Members swap their stage out and keep its host copy:
+   * a later load of the model on that worker copies those layers instead of fetching them
+   * (worker/daemon/local-copies.ts), until the model's host keep-alive drops it. The worker
+   * now holding the whole model unloads its stage (its whole copy has those bytes), and so does
+   * every member in the no-swapping baseline.
    */
   private dissolve(): void {
-    for (const [id, pipeline] of this.dissolving) {
+    for (const [id, { pipeline, consolidatedOn }] of this.dissolving) {
       if ((this.active.get(id) ?? 0) > 0) continue;
       this.dissolving.delete(id);
       this.log.info({ pipeline: id, workers: pipeline.workers }, 'dissolving the consolidated pipeline');
       for (const workerId of pipeline.workers) {
         const channel = this.cluster.channel(workerId);
         if (!channel) continue;
-        channel.unloadStage(id, UNLOAD_TIMEOUT_MS).catch((err: unknown) => {
+        const keep = this.opts.swapping && workerId !== consolidatedOn;
+        const call = keep ? channel.swapOut(id, UNLOAD_TIMEOUT_MS) : channel.unloadStage(id, UNLOAD_TIMEOUT_MS);
+        call.catch((err: unknown) => {
           if (isServiceError(err) && err.code === GrpcStatus.NOT_FOUND) return;
-          this.log.warn({ worker: workerId, instanceId: id, err: describe(err) }, 'unload failed');
+          this.log.warn({ worker: workerId, instanceId: id, err: describe(err) }, keep ? 'swap-out failed' : 'unload failed');
         });
       }
     }
+  }
+
+  /** Unloads a kept stage copy whose keep-alive ran out (once at a time per copy). */
+  private dropStage(workerId: string, instanceId: string): void {
+    const key = `${workerId}/${instanceId}`;
+    const channel = this.cluster.channel(workerId);
+    if (channel === null || this.droppingStages.has(key)) return;
+    this.droppingStages.add(key);
+    channel
+      .unloadStage(instanceId, UNLOAD_TIMEOUT_MS)
+      .catch((err: unknown) => {
+        if (!(isServiceError(err) && err.code === GrpcStatus.NOT_FOUND)) this.log.warn({ worker: workerId, instanceId, err: describe(err) }, 'unload failed');
+      })
+      .finally(() => this.droppingStages.delete(key));
   }
 
   /**

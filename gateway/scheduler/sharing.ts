@@ -101,7 +101,8 @@ export function swapModelOf(m: SharedModel, profile: StageByteProfile | null, fo
  * landing while a load or swap-in of the gateway's is under way), loads and swap-ins the
  * snapshot does not list there yet; free bytes net of what those will take; host copies of
  * every instance that keeps one (HOST_ONLY, or ON_DEVICE with host bytes). Pipeline stages are
- * not residents (their memory is simply not free).
+ * not residents (their memory is simply not free); stages kept in host memory after their
+ * pipeline dissolved are stage copies.
  */
 export function swapServers(inputs: SharingInputs, now: number): SwapServer[] {
   const swapsById = new Map(inputs.swaps.map((s) => [s.instanceId, s]));
@@ -159,10 +160,14 @@ export function swapServers(inputs: SharingInputs, now: number): SwapServer[] {
       const seen = copies.get(i.model);
       if (!seen || seen.lastUsedMs < copy.lastUsedMs) copies.set(i.model, copy);
     }
+    const stageCopies = w.instances
+      .filter((i) => !wholeModel(i) && i.residency === 'HOST_ONLY' && !inputs.leaving.has(i.instanceId))
+      .map((i) => ({ instanceId: i.instanceId, model: i.model, lastUsedMs: lastUsed(i, i.instanceId) }));
     servers.push({
       id: w.id,
       gpus,
       hostCopies: [...copies.values()],
+      stageCopies,
       fetchBytesPerS: w.fetchBytesPerS > 0 ? w.fetchBytesPerS : null,
       fetchesInFlight: inputs.loads.filter((l) => l.workerId === w.id && l.status === 'loading').length,
       hostToGpuBytesPerS: null,

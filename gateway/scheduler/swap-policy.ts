@@ -51,6 +51,17 @@ export interface HostCopy {
   lastUsedMs: number;
 }
 
+/**
+ * A pipeline stage's host copy a member kept when its pipeline dissolved: not something to
+ * swap in on its own, but bytes a later load of the model on that server copies instead of
+ * fetching. It is dropped once the model's host keep-alive runs out.
+ */
+export interface StageCopy {
+  instanceId: string;
+  model: string;
+  lastUsedMs: number;
+}
+
 /** One server (worker daemon) as the swap policy sees it. */
 export interface SwapServer {
   /** Worker id. */
@@ -58,6 +69,8 @@ export interface SwapServer {
   gpus: readonly SwapGpu[];
   /** Every model copy in its host cache, GPU-resident models' copies included. */
   hostCopies: readonly HostCopy[];
+  /** Host copies of single pipeline stages. */
+  stageCopies: readonly StageCopy[];
   /** Measured fetch bandwidth from storage, bytes/s; null → figures.coldStart default. */
   fetchBytesPerS: number | null;
   /** Fetches its storage link carries now (a cold start shares it). */
@@ -210,7 +223,9 @@ export type ExpiryAction =
   /** SwapOut: drop the idle GPU copy; the server's host copy stays. */
   | { kind: 'swap-out'; serverId: string; gpu: number; instanceId: string; model: string; idleS: number; reason: string }
   /** Drop the host copy (no GPU copy of it on that server): the model scales to zero there. */
-  | { kind: 'drop-host'; serverId: string; model: string; idleS: number; reason: string };
+  | { kind: 'drop-host'; serverId: string; model: string; idleS: number; reason: string }
+  /** Drop a kept pipeline stage's host copy. */
+  | { kind: 'drop-stage'; serverId: string; instanceId: string; model: string; idleS: number; reason: string };
 
 export interface ExpiryResult {
   actions: ExpiryAction[];
@@ -654,8 +669,9 @@ export function nextRequest(queues: readonly ModelQueue[], now: number, blocked:
 /**
  * Keep-alives that ran out on `servers` (a whole view's, or the one server a timer fired for):
  * idle runnable GPU copies past the model's gpuKeepAliveS since last use are swapped out; host
- * copies with no GPU copy on their server, past hostKeepAliveS, are dropped. A model with queued
- * requests keeps every copy, and models missing from `models` are left alone.
+ * copies with no GPU copy on their server, past hostKeepAliveS, are dropped, and so are kept
+ * stage copies. A model with queued requests keeps every copy, and models missing from
+ * `models` are left alone.
  */
 export function expireIdle(
   servers: readonly SwapServer[],
@@ -703,6 +719,20 @@ export function expireIdle(
         model: copy.model,
         idleS,
         reason: `keep-alive: host copy of '${copy.model}' idle ${idleS.toFixed(1)} s ≥ ${m.hostKeepAliveS} s; dropped (scale to zero on ${server.id})`,
+      });
+    }
+    for (const copy of server.stageCopies) {
+      const m = models.get(copy.model);
+      if (!m || (queuedByModel.get(copy.model) ?? 0) > 0) continue;
+      const idleS = ranOut(copy.lastUsedMs, m.hostKeepAliveS);
+      if (idleS === null) continue;
+      actions.push({
+        kind: 'drop-stage',
+        serverId: server.id,
+        instanceId: copy.instanceId,
+        model: copy.model,
+        idleS,
+        reason: `keep-alive: kept stage ${copy.instanceId} of '${copy.model}' idle ${idleS.toFixed(1)} s ≥ ${m.hostKeepAliveS} s; dropped`,
       });
     }
   }

@@ -2,8 +2,9 @@
 // so the background whole-model load takes about a second): a 2-stage pipeline serves the cold
 // request; a request held open on the pipeline after its first token stays there while the
 // whole-model instance loads and becomes READY; a later request runs on the whole-model
-// instance (path warm, `consolidated`) with the same greedy tokens; the pipeline's stages are
-// unloaded only once the held request has finished normally; the time is in
+// instance (path warm, `consolidated`) with the same greedy tokens; the pipeline dissolves only
+// once the held request has finished normally (the member that did not consolidate keeps its
+// stage's host copy, the one that did drops its stage); the time is in
 // paraserve_consolidation_seconds. Skipped where the native addon is not built.
 import type { AddressInfo } from 'node:net';
 import OpenAI from 'openai';
@@ -79,8 +80,15 @@ t.test('a serving pipeline consolidates into one whole-model instance', { skip: 
   const finish = rest[rest.length - 1];
   t.match(finish, { kind: 'finish', reason: 'length', completionTokens: 12 }, 'the held request finished normally');
   t.equal(rest.filter((e) => e.kind === 'token').length, 11);
-  await until(app, () => instances(pipelineId).length === 0 && app.cluster.views().every((w) => w.instances.every((i) => i.instanceId !== pipelineId)));
+  const consolidatedOn = app.cluster.views().find((w) => w.instances.some((i) => i.instanceId === wholeId))!.id;
+  const keptStages = (): string[] =>
+    app.cluster.views().flatMap((w) => w.instances.filter((i) => i.instanceId === pipelineId && i.residency === 'HOST_ONLY').map(() => w.id));
+  await until(app, () => {
+    const everyCopy = app.cluster.views().flatMap((w) => w.instances.filter((i) => i.instanceId === pipelineId));
+    return instances(pipelineId).length === 0 && everyCopy.length === 1;
+  });
   t.pass('the pipeline dissolved once idle');
+  t.same(keptStages(), [consolidatedOn === 'a' ? 'b' : 'a'], "the other member keeps its stage's host copy; the consolidating worker's whole copy has its stage");
   t.equal(wholeOnDevice(), wholeId, 'the whole-model instance stays');
 
   const metrics = await app.inject({ method: 'GET', url: '/metrics' });

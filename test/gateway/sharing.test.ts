@@ -128,6 +128,13 @@ const rows: Row[] = [
     }),
     expect: { id: 'w1', gpus: [{ residents: [] }], hostCopies: [] },
   },
+  {
+    name: "a stage kept in host memory after its pipeline dissolved is a stage copy, not the model's host copy",
+    inputs: inputs({
+      workers: [readyWorker('w1', 10 * GiB, { instances: [instance('p', { stage: stageView(1, 2), residency: 'HOST_ONLY', deviceBytes: 0, device: -1 })] })],
+    }),
+    expect: { hostCopies: [], stageCopies: [{ instanceId: 'p', model: 'p', lastUsedMs: NOW - 5_000 }] },
+  },
 ];
 
 for (const row of rows) {

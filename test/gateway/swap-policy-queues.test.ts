@@ -124,6 +124,24 @@ t.test('expireIdle', async (tt) => {
         t2.equal(r.nextExpiryMs, NOW + 50_000);
       },
     },
+    {
+      name: 'kept stage copies: dropped past the host keep-alive, kept while their model has queued requests',
+      servers: [
+        swapServer('s1', [gpu(0)], [], {
+          stageCopies: [
+            { instanceId: 'a-pipe', model: 'a', lastUsedMs: NOW - 700_000 },
+            { instanceId: 'b-pipe', model: 'b', lastUsedMs: NOW - 700_000 },
+            { instanceId: 'a-new', model: 'a', lastUsedMs: NOW - 1_000 },
+          ],
+        }),
+      ],
+      queued: [['b', 1]],
+      expect: (t2, r) => {
+        t2.match(r.actions, [{ kind: 'drop-stage', serverId: 's1', instanceId: 'a-pipe', model: 'a', idleS: 700, reason: /kept stage a-pipe/ }]);
+        t2.equal(r.actions.length, 1);
+        t2.ok(r.nextExpiryMs !== null && r.nextExpiryMs > NOW, 'the younger copy is timed');
+      },
+    },
   ];
   for (const row of rows) tt.test(row.name, async (t2) => row.expect(t2, expireIdle(row.servers, models, new Map(row.queued ?? []), NOW)));
 });
