@@ -10,7 +10,7 @@
 // Warm figures (TTFT and time per output token) are the median of five requests on the warm
 // instance — after consolidation for k > 1 — so a first request's one-off costs (cuBLAS
 // heuristics, graph capture) do not count against either side.
-//   npm run build && node dist/bench/coldstart.js [--preset demo] [--fetch-bandwidth 4MB] [--degrees 1,2,4] [--repeats 3] [--gpus N] [--worker-host-cache 16GiB]
+//   npm run build && node dist/bench/coldstart.js [--preset demo] [--fetch-bandwidth 4MB] [--degrees 1,2,4] [--repeats 3] [--gpus N] [--worker-host-cache 16GiB] [--store-processes 1]
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -34,6 +34,7 @@ const { values: flags } = parseArgs({
     repeats: { type: 'string', default: '3' },
     gpus: { type: 'string', default: '0' },
     'worker-host-cache': { type: 'string' },
+    'store-processes': { type: 'string', default: '1' },
   },
 });
 const BANDWIDTH_FLAG = flags['fetch-bandwidth']!;
@@ -143,7 +144,9 @@ async function main(): Promise<void> {
   const processes = benchProcesses(dir);
   const startChild = (name: string, env: NodeJS.ProcessEnv, args: string[]): SupervisedChild => processes.start(name, args, env);
 
-  const store = startChild('store', {}, ['store', 'serve', '--root', storeRoot, '--port', '0']);
+  // The store stands in for object storage that many servers read at once: with several
+  // processes it is not the bottleneck of k links (`store serve --processes`).
+  const store = startChild('store', {}, ['store', 'serve', '--root', storeRoot, '--port', '0', '--processes', flags['store-processes']!]);
   const storeUrl = (await store.ready(30_000)).url!;
   let modelBytes = 0;
 

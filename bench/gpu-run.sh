@@ -55,7 +55,7 @@ for step in $steps; do
     coldstart)
       gpus=$(nvidia-smi -L | wc -l)
       node dist/bench/coldstart.js --preset llama-7b --fetch-bandwidth 10Gbit --degrees 1,2,4 --repeats 1 --gpus "$gpus" \
-        --worker-host-cache 20GiB --chunk-bytes 4194304 > "$out/coldstart.log" 2>&1 || fail coldstart
+        --worker-host-cache 20GiB --chunk-bytes 4194304 --store-processes 4 > "$out/coldstart.log" 2>&1 || fail coldstart
       tail -12 "$out/coldstart.log" ;;
     *) fail "unknown step $step" ;;
   esac

@@ -113,11 +113,11 @@ if (!existsSync(cliPath)) {
     oneErrorLine(t, await runCli(['make-model', '--preset', 'nope', '--out', join(dir, 'c')]), /unknown preset nope \(choose from: .*tiny-llama2/);
   });
 
-  t.test('store serve serves ranges and stops on SIGTERM', async (t) => {
+  for (const processes of [1, 3]) t.test(`store serve --processes ${processes} serves ranges and stops on SIGTERM`, async (t) => {
     const dir = await mkdtemp(join(tmpdir(), 'paraserve-store-cli-'));
     t.teardown(() => rm(dir, { recursive: true, force: true }));
     await writeFile(join(dir, 'blob.bin'), Buffer.from('0123456789'));
-    const child = spawn(process.execPath, [cliPath, 'store', 'serve', '--root', dir, '--port', '0', '--json'], { env: cliEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [cliPath, 'store', 'serve', '--root', dir, '--port', '0', '--json', '--processes', String(processes)], { env: cliEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
     t.teardown(() => child.kill('SIGKILL'));
     const exited = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
     const line = await new Promise<string>((resolve, reject) => {
@@ -130,9 +130,14 @@ if (!existsSync(cliPath)) {
     });
     const { url, root } = JSON.parse(line) as { url: string; root: string };
     t.equal(root, dir);
-    const res = await fetch(`${url}/blob.bin`, { headers: { range: 'bytes=2-4' } });
-    t.equal(res.status, 206);
-    t.equal(await res.text(), '234');
+    // Separate connections, so that with several processes each gets some.
+    const answers = await Promise.all(
+      Array.from({ length: 6 }, async () => {
+        const res = await fetch(`${url}/blob.bin`, { headers: { range: 'bytes=2-4', connection: 'close' } });
+        return `${res.status} ${await res.text()}`;
+      }),
+    );
+    t.same(answers, Array(6).fill('206 234'));
     child.kill('SIGTERM');
     t.equal(await exited, 0, 'exit 0 on SIGTERM');
   });
