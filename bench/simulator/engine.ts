@@ -462,7 +462,7 @@ class Simulation {
     const c = this.o.calibration;
     const servers: ServerFigures[] = d.stages.map((st) => {
       const s = this.servers[this.serverIndex(st.serverId)] as SimServer;
-      return { id: s.id, fetchBytesPerS: c.fetchBytesPerS, fetchesInFlight: s.fetchesInFlight, copyBytesPerS: c.hostToGpuBytesPerS, initMs: c.initMs, devices: [], hostCachedBytes: 0 };
+      return { id: s.id, fetchBytesPerS: c.fetchBytesPerS, fetchesInFlight: s.fetchesInFlight, copyBytesPerS: c.hostToGpuBytesPerS, initMs: c.initMs, devices: [], hostCachedBytes: 0, heldStages: [] };
     });
     const stageBytes = d.stages.map((st) => st.bytes);
     const p = predictTtft({

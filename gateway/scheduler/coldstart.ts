@@ -3,11 +3,13 @@
 // (predictTtft), which servers hold the stages (placeStages) and which degree k meets the
 // model's TTFT SLO (chooseDegree). A cold start waits for its slowest stage, so every figure is
 // per server: what its worker measured, or a documented default while it has measured nothing.
+// A server that keeps a host copy of some of the model (a stage of an earlier pipeline) fetches
+// only the rest of a stage placed on it, so placement gives kept stages back to their holders.
 // Decisions are plain data carrying the reasons a request trace shows; the scheduler loop
 // performs them and a simulator can replay them.
 import type { WorkerView } from '../cluster/worker-view.js';
 import { defaultFetchPlanOptions } from '../../worker/daemon/fetch-plan.js';
-import { balanceStages, profileStageBytes, type StageByteProfile, type StageRangeSpec } from '../../worker/models/stage-plan.js';
+import { balanceStages, heldStageBytes, profileStageBytes, type StageByteProfile, type StageRangeSpec } from '../../worker/models/stage-plan.js';
 import { formatBytes } from './format.js';
 import type { InFlightLoad } from './types.js';
 
@@ -57,6 +59,8 @@ export interface ServerFigures {
   devices: { index: number; freeBytes: number }[];
   /** Bytes of the model being placed that the server's host cache already holds. */
   hostCachedBytes: number;
+  /** The parts of the model those host copies are (a pipeline stage's layers, or all of it). */
+  heldStages: readonly StageRangeSpec[];
 }
 
 /** What serverFigures reads of the scheduler's in-flight loads. */
@@ -81,14 +85,19 @@ export function serverFigures(view: WorkerView, model: string, loads: readonly L
       freeBytes: d.freeBytes - unlisted.filter((l) => l.device === d.index).reduce((s, l) => s + l.bytes, 0),
     })),
     hostCachedBytes: view.instances.filter((i) => i.model === model).reduce((s, i) => s + i.hostBytes, 0),
+    heldStages: view.instances
+      .filter((i) => i.model === model && i.hostBytes > 0 && i.residency !== 'LOADING')
+      .map((i) => i.stage ?? { layerStart: 0, layerEnd: Number.MAX_SAFE_INTEGER, hasEmbeddings: true, hasHead: true }),
   };
 }
 
 export interface TtftInput {
   /** Bytes of the whole model: the fetch floor spreads them over every stage's link. */
   modelBytes: number;
-  /** Bytes each stage fetches and places, in pipeline order. */
+  /** Bytes each stage places, in pipeline order. */
   stageBytes: number[];
+  /** Bytes of each stage its server already holds in host memory (copied there, not fetched); absent: none. */
+  heldBytes?: readonly number[];
   /** The server of each stage, same order. */
   servers: ServerFigures[];
   /** Prefill compute of the prompt in each stage, ms, same order (see prefillShares). */
@@ -102,7 +111,7 @@ export interface TtftInput {
 export interface StagePrediction {
   /** Worker that runs the stage. */
   serverId: string;
-  /** Bytes it fetches. */
+  /** Bytes it fetches (what it places, less what its server holds in host memory). */
   bytes: number;
   /** Bandwidth its fetch gets: the server's (or the default) over 1 + fetches already in flight. */
   effectiveFetchBytesPerS: number;
@@ -148,8 +157,11 @@ function checkNonNegative(what: string, values: readonly number[]): void {
   }
 }
 
-/** One stage's prediction and the defaults it relied on. */
-function predictStage(bytes: number, server: ServerFigures, defaults: Readonly<ColdStartDefaults>): { stage: StagePrediction; defaultsUsed: string[] } {
+/**
+ * One stage's prediction and the defaults it relied on: `held` of its `bytes` come from host
+ * memory on the server (a memory copy, taken as free next to the fetch), the rest is fetched.
+ */
+function predictStage(bytes: number, server: ServerFigures, defaults: Readonly<ColdStartDefaults>, held = 0): { stage: StagePrediction; defaultsUsed: string[] } {
   const defaultsUsed: string[] = [];
   const pick = (value: number | null, fallback: number, what: string): number => {
     if (value !== null) return value;
@@ -160,14 +172,15 @@ function predictStage(bytes: number, server: ServerFigures, defaults: Readonly<C
   const copyBps = pick(measured(server.copyBytesPerS), defaults.copyBytesPerS, 'copy bandwidth');
   const initMs = pick(server.initMs !== null && Number.isFinite(server.initMs) && server.initMs >= 0 ? server.initMs : null, defaults.initMs, 'init time');
   const effective = fetchBps / (1 + Math.max(0, server.fetchesInFlight));
-  const fetchMs = (bytes / effective) * 1000;
+  const fetched = Math.max(0, bytes - held);
+  const fetchMs = (fetched / effective) * 1000;
   const chunk = Math.min(defaults.chunkBytes, bytes);
   const lastCopyMs = (chunk / copyBps) * 1000;
   // Copies follow chunks as they land and wait for the device context: the last chunk's copy
   // comes after both; when copying is slower than fetching, the copies themselves are the path.
   const copyBoundMs = (chunk / effective) * 1000 + (bytes / copyBps) * 1000;
   const readyMs = Math.max(Math.max(fetchMs, initMs) + lastCopyMs, copyBoundMs);
-  return { stage: { serverId: server.id, bytes, effectiveFetchBytesPerS: effective, fetchMs, initMs, readyMs }, defaultsUsed };
+  return { stage: { serverId: server.id, bytes: fetched, effectiveFetchBytesPerS: effective, fetchMs, initMs, readyMs }, defaultsUsed };
 }
 
 /**
@@ -185,7 +198,7 @@ export function predictTtft(input: TtftInput): TtftPrediction {
   checkNonNegative('stage bytes', input.stageBytes);
   checkNonNegative('prefill times', input.prefillMsPerStage);
   checkNonNegative('model bytes', [input.modelBytes]);
-  const predicted = input.stageBytes.map((bytes, i) => predictStage(bytes, input.servers[i] as ServerFigures, input.defaults));
+  const predicted = input.stageBytes.map((bytes, i) => predictStage(bytes, input.servers[i] as ServerFigures, input.defaults, input.heldBytes?.[i] ?? 0));
   const timings = predicted.map((p) => p.stage);
   const defaultsUsed = predicted.flatMap((p) => p.defaultsUsed);
   let hopMs = input.hopMs;
@@ -366,7 +379,9 @@ export function placeStages(input: PlacementInput): PlacementDecision {
 
     // Bottleneck assignment: the least "last stage ready" time for which every stage still
     // gets a chosen server with room.
-    const ready = bytes.map((b) => chosen.map((s) => predictStage(b, s, defaults).stage.readyMs));
+    const ready = bytes.map((b, stage) =>
+      chosen.map((s) => predictStage(b, s, defaults, heldStageBytes(model.profile, ranges[stage]!, s.heldStages)).stage.readyMs),
+    );
     const thresholds = [...new Set(ready.flat())].sort((a, b) => a - b);
     let assignment: number[] | null = null;
     for (const limit of thresholds) {
@@ -480,10 +495,12 @@ export function chooseDegree(input: DegreeInput): DegreeDecision {
       continue;
     }
     const stageBytes = placement.stages.map((s) => s.bytes);
+    const stageServers = placement.stages.map((s) => byId.get(s.serverId) as ServerFigures);
     const prediction = predictTtft({
       modelBytes,
       stageBytes,
-      servers: placement.stages.map((s) => byId.get(s.serverId) as ServerFigures),
+      heldBytes: placement.stages.map((s, i) => heldStageBytes(model.profile, s.range, stageServers[i]!.heldStages)),
+      servers: stageServers,
       prefillMsPerStage: prefillShares(model.prefillMs, stageBytes, modelBytes, defaults),
       hopMs: input.hopMs,
       defaults,

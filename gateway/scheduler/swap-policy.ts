@@ -521,6 +521,7 @@ function coldStart(view: SwapView, model: SwapModel, figures: Readonly<SwapFigur
     initMs: null,
     devices: server.gpus.map((gpu) => ({ index: gpu.index, freeBytes: Math.floor(reclaimableBytes(view, gpu, model.name, now) / perWeightByte) })),
     hostCachedBytes: hosted.has(s) ? model.bytes : 0,
+    heldStages: hosted.has(s) ? [{ layerStart: 0, layerEnd: model.profile.layerBytes.length, hasEmbeddings: true, hasHead: true }] : [],
   }));
   const decision = chooseDegree({
     model: { name: model.name, profile: model.profile, ttftSloMs: model.ttftSloMs, prefillMs: model.prefillMs },

@@ -33,6 +33,7 @@ function createServer(o: Partial<ServerFigures> = {}): ServerFigures {
     initMs: 500,
     devices: [{ index: 0, freeBytes: 80 * GB }],
     hostCachedBytes: 0,
+    heldStages: [],
     ...o,
   };
 }
@@ -103,6 +104,17 @@ t.test('predictTtft: the breakdown', async (t) => {
     }
     t.ok(Math.abs(p.totalMs - (Math.max(p.fetchMs, p.initMs) + p.loadMs + p.prefillMs)) < 1e-6, `${row.name}: parts add up`);
   }
+});
+
+t.test("predictTtft: bytes a stage's server holds in host memory are not fetched", async (t) => {
+  const fetching = predictTtft(createTtftInput({ stageBytes: [GB, GB], modelBytes: 2 * GB, prefillMsPerStage: [1, 1], servers: [createServer(), createServer({ id: 'w2' })] }));
+  const holding = predictTtft(
+    createTtftInput({ stageBytes: [GB, GB], heldBytes: [GB, 0.25 * GB], modelBytes: 2 * GB, prefillMsPerStage: [1, 1], servers: [createServer(), createServer({ id: 'w2' })] }),
+  );
+  t.same(holding.stages.map((s) => s.bytes), [0, 0.75 * GB], 'each stage fetches what its server lacks');
+  t.equal(holding.stages[0]?.fetchMs, 0);
+  t.equal(holding.fetchMs, 750);
+  t.ok(holding.totalMs < fetching.totalMs);
 });
 
 t.test('predictTtft: defaults used are named, measured zero counts as unmeasured', async (t) => {
@@ -272,6 +284,18 @@ t.test('placeStages', async (t) => {
   const cached = placed(place(createServers(4, { 3: { hostCachedBytes: GB }, 4: { hostCachedBytes: 2 * GB } }), 2));
   t.same(cached.stages.map((s) => s.serverId).sort(), ['w3', 'w4'], 'equal links: servers holding bytes of the model first');
 
+  // Servers that kept the stages of an earlier pipeline of this split get those stages back and
+  // fetch nothing; the prediction credits them.
+  const [front, back] = [
+    { layerStart: 0, layerEnd: 6, hasEmbeddings: true, hasHead: false },
+    { layerStart: 6, layerEnd: 12, hasEmbeddings: false, hasHead: true },
+  ];
+  const keeping = createServers(4, { 3: { hostCachedBytes: 6 * GB, heldStages: [back] }, 4: { hostCachedBytes: 6 * GB, heldStages: [front] } });
+  const reformed = placed(place(keeping, 2));
+  t.same(reformed.stages.map((s) => s.serverId), ['w4', 'w3'], 'each kept stage goes back to the server holding it');
+  const swappedHolders = createServers(4, { 3: { hostCachedBytes: 6 * GB, heldStages: [front] }, 4: { hostCachedBytes: 6 * GB, heldStages: [back] } });
+  t.same(placed(place(swappedHolders, 2)).stages.map((s) => s.serverId), ['w3', 'w4']);
+
   const faster = placed(place(createServers(4, { 1: { fetchesInFlight: 1 }, 2: { fetchBytesPerS: 0.5 * GB }, 4: { fetchBytesPerS: 2 * GB } }), 2));
   t.same(faster.stages.map((s) => s.serverId).sort(), ['w3', 'w4'], 'idle links first, then the fastest');
 
@@ -334,8 +358,12 @@ t.test('serverFigures from a worker view', async (t) => {
       { index: 1, freeBytes: 50 * GB },
     ],
     hostCachedBytes: 3 * GB,
+    heldStages: [{ layerStart: 0, layerEnd: Number.MAX_SAFE_INTEGER, hasEmbeddings: true, hasHead: true }],
   });
   t.equal(serverFigures({ ...view, fetchBytesPerS: 2 * GB }, 'm', []).fetchBytesPerS, 2 * GB);
+  const stage = { layerStart: 4, layerEnd: 8, hasEmbeddings: false, hasHead: true, stageIndex: 1, stageCount: 2 };
+  const kept = { ...view, instances: [instance({ stage }), instance({ instanceId: 'loading', stage: null, residency: 'LOADING' })] };
+  t.same(serverFigures(kept, 'm', []).heldStages, [stage], 'a kept stage is held; a copy still loading is not');
 });
 
 t.test('monotonicity: more bandwidth never increases predicted TTFT', async (t) => {

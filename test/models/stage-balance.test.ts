@@ -8,6 +8,7 @@ import type { TensorInfo } from '../../worker/models/safetensors.js';
 import {
   balanceStages,
   expectedTensorNames,
+  heldStageBytes,
   planStages,
   profileStageBytes,
   stageByteProfile,
@@ -199,4 +200,15 @@ t.test('degree out of range', async (t) => {
   }
   tensors.delete('model.layers.1.mlp.up_proj.weight');
   t.throws(() => planStages(tensors, config, 2), { name: 'ModelFormatError', message: /model\.layers\.1\.mlp\.up_proj\.weight/ });
+});
+
+t.test('heldStageBytes: the parts of a stage that kept host copies of other stages hold', async (t) => {
+  const profile: StageByteProfile = { layerBytes: [1, 2, 4, 8], embeddingBytes: 100, headBytes: 1000, tiedEmbeddings: false };
+  const range = (layerStart: number, layerEnd: number, hasEmbeddings: boolean, hasHead: boolean): StageRangeSpec => ({ layerStart, layerEnd, hasEmbeddings, hasHead });
+  t.equal(heldStageBytes(profile, range(0, 4, true, true), []), 0, 'nothing held');
+  t.equal(heldStageBytes(profile, range(1, 3, false, false), [range(0, 2, true, false)]), 2, 'layer 1 of layers 1-2');
+  t.equal(heldStageBytes(profile, range(0, 4, true, true), [range(0, 2, true, false), range(2, 4, false, true)]), profileStageBytes(profile, range(0, 4, true, true)), 'two halves hold the whole');
+  t.equal(heldStageBytes(profile, range(2, 4, false, true), [range(0, 2, true, false)]), 0, 'the other half holds none of it');
+  const tied = { ...profile, headBytes: 10, tiedEmbeddings: true };
+  t.equal(heldStageBytes(tied, range(2, 4, false, true), [range(0, 2, true, false)]), 100, 'a tied head needs the embeddings the front stage holds');
 });

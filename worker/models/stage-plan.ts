@@ -184,6 +184,24 @@ export function profileStageBytes(profile: StageByteProfile, range: StageRangeSp
   return sum;
 }
 
+/**
+ * Bytes of `stage` (as profileStageBytes counts them) that host copies of other stages of the
+ * same model hold: layers inside a held range, the embeddings where a held stage has them (or
+ * a tied head), the head where a held stage has it. A worker loading the stage copies those
+ * instead of fetching them (worker/daemon/local-copies.ts).
+ */
+export function heldStageBytes(profile: StageByteProfile, stage: StageRangeSpec, held: readonly StageRangeSpec[]): number {
+  if (held.length === 0) return 0;
+  let sum = 0;
+  for (let i = stage.layerStart; i < stage.layerEnd; i++) {
+    if (held.some((h) => h.layerStart <= i && i < h.layerEnd)) sum += profile.layerBytes[i] ?? 0;
+  }
+  const needsEmbeddings = stage.hasEmbeddings || (stage.hasHead && profile.tiedEmbeddings);
+  if (needsEmbeddings && held.some((h) => h.hasEmbeddings || (h.hasHead && profile.tiedEmbeddings))) sum += profile.embeddingBytes;
+  if (stage.hasHead && held.some((h) => h.hasHead)) sum += profile.headBytes;
+  return sum;
+}
+
 /** Bytes of the tensors a stage binds (what it fetches and places on its device). */
 export function stageBytes(tensors: Map<string, TensorInfo>, config: ModelConfig, range: StageRangeSpec): number {
   return planStageTensors(tensors, config, range).reduce((sum, info) => sum + info.end - info.begin, 0);
