@@ -7,10 +7,13 @@ import { sha256Off } from '../../worker/daemon/chunk-hasher.js';
 t.test('digests equal the main thread ones, in any number at once', async (t) => {
   const chunks = Array.from({ length: 24 }, (_, i) => new Uint8Array(randomBytes(1000 + i * 4099)));
   const expected = chunks.map((c) => createHash('sha256').update(c).digest('hex'));
-  const digests = await Promise.all(chunks.map((c) => sha256Off(c)));
-  t.same(digests, expected);
+  const copies = chunks.map((c) => Uint8Array.from(c));
+  const hashed = Promise.all(chunks.map((c) => sha256Off(c)));
   t.equal(chunks[0]!.byteLength, 0, 'the bytes were moved to the hashing thread');
-  t.equal(await sha256Off(new Uint8Array(0)), createHash('sha256').digest('hex'), 'empty input');
+  const results = await hashed;
+  t.same(results.map((r) => r.digest), expected);
+  t.ok(results.every((r, i) => Buffer.from(r.bytes).equals(copies[i]!)), 'and come back unchanged');
+  t.equal((await sha256Off(new Uint8Array(0))).digest, createHash('sha256').digest('hex'), 'empty input');
 });
 
 t.test('a view of part of a buffer is refused', async (t) => {

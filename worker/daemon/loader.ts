@@ -416,10 +416,18 @@ async function fetchRange(
   let chunk = 0;
   let chunkBytes: Uint8Array | null = null;
   let filled = 0;
+  /** Chunk buffers back from hashing, to be filled again. */
+  const spare: Uint8Array[] = [];
   const verify = (c: FetchChunk, bytes: Uint8Array): Promise<void> =>
-    sha256Off(bytes).then((actual) => {
-      if (actual !== c.sha256) failures.push({ chunk: c, actual });
+    sha256Off(bytes).then(({ digest, bytes: back }) => {
+      if (digest !== c.sha256) failures.push({ chunk: c, actual: digest });
+      spare.push(back);
     });
+  const chunkBuffer = (length: number): Uint8Array => {
+    const reused = spare.pop();
+    // Every byte is written before it is hashed: no need to zero a new buffer.
+    return reused !== undefined && reused.length === length ? reused : Buffer.allocUnsafeSlow(length);
+  };
   try {
     await source.streamRange(
       range.file,
@@ -441,7 +449,7 @@ async function fetchRange(
         }
         for (let at = 0; at < piece.length && chunk < range.chunks.length; ) {
           const c = range.chunks[chunk]!;
-          chunkBytes ??= new Uint8Array(c.end - c.begin);
+          chunkBytes ??= chunkBuffer(c.end - c.begin);
           const take = Math.min(piece.length - at, chunkBytes.length - filled);
           chunkBytes.set(piece.subarray(at, at + take), filled);
           filled += take;
