@@ -256,7 +256,7 @@ function placePipeline(
       `a ${plan.degree}-stage pipeline for model '${req.model}' needs ${plan.degree} READY workers with a device; ${plan.workers.length} are`,
     );
   }
-  const chosen = plan.workers.slice(0, plan.degree);
+  const chosen = stageWorkers(req.model, stages, plan.workers);
   const placed: PlacedStage[] = [];
   for (const [i, stage] of stages.entries()) {
     const w = chosen[i]!;
@@ -280,6 +280,34 @@ function placePipeline(
     reason,
     coldStart: configuredExplanation('forced', placed.map((p) => p.workerId), `${reason} (degree forced by configuration)`),
   };
+}
+
+/**
+ * A distinct worker for each stage: one that kept a host copy of exactly that stage of the
+ * model (an earlier pipeline's member; its load copies the stage instead of fetching it)
+ * where there is one, else the next of `workers` in their order.
+ */
+function stageWorkers(model: string, stages: readonly { range: PlacedStage['range'] }[], workers: readonly WorkerView[]): WorkerView[] {
+  const holds = (w: WorkerView, range: PlacedStage['range']): boolean =>
+    w.instances.some(
+      (i) =>
+        i.model === model &&
+        i.residency !== 'LOADING' &&
+        i.hostBytes > 0 &&
+        i.stage !== null &&
+        i.stage.layerStart === range.layerStart &&
+        i.stage.layerEnd === range.layerEnd &&
+        i.stage.hasEmbeddings === range.hasEmbeddings &&
+        i.stage.hasHead === range.hasHead,
+    );
+  const used = new Set<WorkerView>();
+  const holders = stages.map((stage) => {
+    const holder = workers.find((w) => !used.has(w) && holds(w, stage.range));
+    if (holder !== undefined) used.add(holder);
+    return holder;
+  });
+  const rest = workers.filter((w) => !used.has(w));
+  return holders.map((holder) => holder ?? rest.shift()!);
 }
 
 /** Bytes of loads headed to a device that its worker's snapshot does not account for yet. */

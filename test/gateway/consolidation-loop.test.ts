@@ -5,7 +5,9 @@
 // instance (path warm, `consolidated`) with the same greedy tokens; the pipeline dissolves only
 // once the held request has finished normally (the member that did not consolidate keeps its
 // stage's host copy, the one that did drops its stage); the time is in
-// paraserve_consolidation_seconds. Skipped where the native addon is not built.
+// paraserve_consolidation_seconds; once the whole copy is gone, a cold start re-forms the
+// pipeline with the kept stage on its holder and the same tokens. Skipped where the native
+// addon is not built.
 import type { AddressInfo } from 'node:net';
 import OpenAI from 'openai';
 import t from 'tap';
@@ -95,6 +97,19 @@ t.test('a serving pipeline consolidates into one whole-model instance', { skip: 
   t.match(metrics.body, /paraserve_consolidation_seconds_count\{model="tiny"\} 1/);
   const again = await ask();
   t.match(again.response.headers.get('x-paraserve-path'), /;consolidated$/);
+
+  // The whole-model copy goes (as a keep-alive would take it): the next cold start re-forms the
+  // pipeline with the kept stage back on the worker that holds it.
+  const keeper = keptStages()[0]!;
+  const keptIndex = app.cluster.view(keeper)!.instances.find((i) => i.instanceId === pipelineId)!.stage!.stageIndex;
+  await app.cluster.channel(consolidatedOn)!.unloadStage(wholeId, 10_000);
+  await until(app, () => app.cluster.views().every((w) => w.instances.every((i) => i.instanceId !== wholeId)));
+  const reformed = await ask();
+  const reformedPath = reformed.response.headers.get('x-paraserve-path') ?? '';
+  t.match(reformedPath, /^cold;k=2;/, 'a cold start again');
+  const reformedId = /instance=([^;]+)/.exec(reformedPath)?.[1] ?? '';
+  t.equal(app.cluster.view(keeper)!.instances.find((i) => i.instanceId === reformedId)?.stage?.stageIndex, keptIndex, 'the kept stage went back to its holder');
+  t.equal(reformed.data.choices[0]?.message.content, cold.data.choices[0]?.message.content, 'same greedy tokens');
 });
 
 t.test('consolidation off: the pipeline keeps serving', { skip: addonError ?? false }, async (t) => {

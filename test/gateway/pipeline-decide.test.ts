@@ -1,5 +1,6 @@
 // decide() for pipelines, table-driven: a forced degree k places k stages on k distinct READY
-// workers with the most free memory, a pipeline runs (on stage 0's worker) only once every
+// workers with the most free memory (a stage its worker kept from an earlier pipeline going
+// back there), a pipeline runs (on stage 0's worker) only once every
 // stage is on a device of a READY worker, concurrent requests join its load, and a cluster
 // too small or too full for the stages is a 503 that says why.
 import t from 'tap';
@@ -47,6 +48,21 @@ const rows: Row[] = [
       tt.same(a.stages.map((s) => [s.range.layerStart, s.range.hasEmbeddings, s.range.hasHead]), [[0, true, false], [1, false, true]]);
       tt.equal(a.instanceId, 'm@w2#0');
       tt.match(a.reason, /2 stages/);
+    },
+  },
+  {
+    name: 'workers that kept a stage of an earlier pipeline of this split get that stage back',
+    state: state([
+      readyWorker('w1', 9 * GiB),
+      readyWorker('w2', 8 * GiB),
+      readyWorker('w3', 3 * GiB, { instances: [stageInstance('m@w9#0', 0, 2, { residency: 'HOST_ONLY', deviceBytes: 0, device: -1 })] }),
+      readyWorker('w4', 2 * GiB, { instances: [stageInstance('m@w8#0', 1, 3, { residency: 'HOST_ONLY', deviceBytes: 0, device: -1 })] }),
+    ]),
+    request: request(2),
+    expect: (tt, a) => {
+      tt.equal(a.kind, 'load-pipeline-then-run');
+      if (a.kind !== 'load-pipeline-then-run') return;
+      tt.same(a.stages.map((s) => s.workerId), ['w3', 'w1'], 'stage 0 to its holder; a stage of another split is no match; the rest by free memory');
     },
   },
   {
