@@ -1,7 +1,7 @@
 // What the cluster benchmarks share: the processes of a cluster (store, gateway, workers)
 // started through the CLI under one Supervisor on loopback, the admin API with the bench's
-// token, bounded polling of the gateway's view, and a streamed completion timed by the
-// client (TTFT = when the first SSE event reaches it).
+// token, bounded polling of the gateway's view, a streamed completion timed by the client
+// (TTFT = when the first SSE event reaches it), and the percentiles the tables report.
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Agent, request } from 'undici';
@@ -124,4 +124,11 @@ export async function streamCompletion(gatewayUrl: string, body: Record<string, 
 
 export async function closeBenchHttp(): Promise<void> {
   await http.close();
+}
+
+/** Nearest-rank percentile: the element at floor(q·n) of the sorted values (the last for q near 1); null when empty. */
+export function percentile(values: readonly number[], q: number): number | null {
+  if (values.length === 0) return null;
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]!;
 }

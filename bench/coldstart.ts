@@ -21,7 +21,7 @@ import { parseBandwidth } from '../gateway/cli/commands/worker.js';
 import { hashModelFiles, type HashedFile } from '../worker/models/inspect.js';
 import { openModelSource } from '../worker/models/source.js';
 import { writeSyntheticModel } from '../worker/models/synthetic.js';
-import { benchProcesses, closeBenchHttp, getJson, postJson, streamCompletion, waitFor, type Completion } from './cluster.js';
+import { benchProcesses, closeBenchHttp, getJson, percentile, postJson, streamCompletion, waitFor, type Completion } from './cluster.js';
 
 const { values: flags } = parseArgs({
   options: {
@@ -123,11 +123,6 @@ interface Run {
   allTtftMs: number[];
 }
 
-/** The median (the lower middle for an even count). */
-function middle(values: number[]): number {
-  return [...values].sort((a, b) => a - b)[Math.floor((values.length - 1) / 2)]!;
-}
-
 /** The repeat with the median cold TTFT (the lower middle for an even count), with every TTFT. */
 function median(repeats: Run[]): Run {
   const sorted = [...repeats].sort((a, b) => a.cold.ttftMs - b.cold.ttftMs);
@@ -203,8 +198,8 @@ async function main(): Promise<void> {
       k,
       overlap,
       cold,
-      warmTtftMs: middle(warm.map((w) => w.ttftMs)),
-      warmPerTokenMs: middle(warm.map((w) => (w.totalMs - w.ttftMs) / Math.max(1, MAX_TOKENS - 1))),
+      warmTtftMs: percentile(warm.map((w) => w.ttftMs), 0.5)!,
+      warmPerTokenMs: percentile(warm.map((w) => (w.totalMs - w.ttftMs) / Math.max(1, MAX_TOKENS - 1)), 0.5)!,
       trace,
       largestStageBytes: Math.max(0, ...stageBytes),
       consolidatedAfterMs,

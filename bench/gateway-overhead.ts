@@ -15,7 +15,7 @@ import type { WorkerClient } from '../protos/generated/paraserve/v1/Worker.js';
 import { Supervisor } from '../gateway/cli/supervisor.js';
 import { writeSyntheticModel } from '../worker/models/synthetic.js';
 import { ModelTokenizer } from '../worker/models/tokenizer.js';
-import { ADMIN_TOKEN, getJson, waitFor } from './cluster.js';
+import { ADMIN_TOKEN, getJson, percentile, waitFor } from './cluster.js';
 
 const { values: flags } = parseArgs({
   options: {
@@ -71,10 +71,6 @@ interface PathResult {
   tokens: number;
 }
 
-function quantile(sorted: number[], q: number): number {
-  return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]!;
-}
-
 /** Latency one request at a time, then throughput with CONCURRENCY requests in flight. */
 async function measure(run: () => Promise<number>): Promise<PathResult> {
   for (let i = 0; i < 20; i++) await run();
@@ -94,7 +90,7 @@ async function measure(run: () => Promise<number>): Promise<PathResult> {
     }),
   );
   const seconds = (performance.now() - start) / 1000;
-  return { p50: quantile(latencies, 0.5), p90: quantile(latencies, 0.9), p99: quantile(latencies, 0.99), reqPerS: REQUESTS / seconds, tokens };
+  return { p50: percentile(latencies, 0.5)!, p90: percentile(latencies, 0.9)!, p99: percentile(latencies, 0.99)!, reqPerS: REQUESTS / seconds, tokens };
 }
 
 async function main(): Promise<void> {

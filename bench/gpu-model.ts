@@ -22,6 +22,7 @@ import { parseModelConfig } from '../worker/models/config.js';
 import { readCheckpointTensors } from '../worker/models/safetensors.js';
 import { openModelSource } from '../worker/models/source.js';
 import { planStageTensors, stageSpecFor, wholeModelRange } from '../worker/models/stage-plan.js';
+import { percentile } from './cluster.js';
 
 const { values: flags } = parseArgs({
   options: {
@@ -74,11 +75,6 @@ function swapIn(model: HostModel): StageHandle {
   return stage;
 }
 
-function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.floor(sorted.length / 2)]!;
-}
-
 async function seconds(work: () => Promise<unknown>): Promise<number> {
   const start = process.hrtime.bigint();
   await work();
@@ -109,7 +105,7 @@ async function hostToFirstToken(model: HostModel, copySeconds: number): Promise<
     addon.releaseSequence(resident!, 100 + r);
   }
   addon.disposeStage(resident!);
-  return { copySeconds, warmTtftSeconds: median(warm), hostTtftSeconds: median(cold) };
+  return { copySeconds, warmTtftSeconds: percentile(warm, 0.5)!, hostTtftSeconds: percentile(cold, 0.5)! };
 }
 
 const model = await loadIntoHost(flags.model);
@@ -127,7 +123,7 @@ for (let r = 0; r < REPEATS; r++) {
   }));
   addon.disposeStage(stage!);
 }
-const swapSeconds = median(swaps);
+const swapSeconds = percentile(swaps, 0.5)!;
 
 const ttft = await hostToFirstToken(model, copySeconds);
 

@@ -17,7 +17,7 @@ import { pathToFileURL } from 'node:url';
 import { hashModelFiles } from '../worker/models/inspect.js';
 import { openModelSource } from '../worker/models/source.js';
 import { writeSyntheticModel } from '../worker/models/synthetic.js';
-import { benchProcesses, closeBenchHttp, getJson, postJson, streamCompletion, waitFor, type Completion } from './cluster.js';
+import { benchProcesses, closeBenchHttp, getJson, percentile, postJson, streamCompletion, waitFor, type Completion } from './cluster.js';
 
 const { values: flags } = parseArgs({
   options: {
@@ -101,12 +101,6 @@ interface Outcome {
   completion: Completion;
   path: string;
   swapInMs: number | null;
-}
-
-function percentile(values: number[], p: number): number | null {
-  if (values.length === 0) return null;
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))]!;
 }
 
 function swapInMs(timing: string | undefined): number | null {

@@ -85,10 +85,15 @@ export function serverFigures(view: WorkerView, model: string, loads: readonly L
       freeBytes: d.freeBytes - unlisted.filter((l) => l.device === d.index).reduce((s, l) => s + l.bytes, 0),
     })),
     hostCachedBytes: view.instances.filter((i) => i.model === model).reduce((s, i) => s + i.hostBytes, 0),
-    heldStages: view.instances
-      .filter((i) => i.model === model && i.hostBytes > 0 && i.residency !== 'LOADING')
-      .map((i) => i.stage ?? { layerStart: 0, layerEnd: Number.MAX_SAFE_INTEGER, hasEmbeddings: true, hasHead: true }),
+    heldStages: heldStagesOf(view, model),
   };
+}
+
+/** The parts of `model` the worker's settled host copies hold: a stage's range, or (a whole-model copy) every layer. */
+export function heldStagesOf(view: WorkerView, model: string): StageRangeSpec[] {
+  return view.instances
+    .filter((i) => i.model === model && i.hostBytes > 0 && i.residency !== 'LOADING')
+    .map((i) => i.stage ?? { layerStart: 0, layerEnd: Number.MAX_SAFE_INTEGER, hasEmbeddings: true, hasHead: true });
 }
 
 export interface TtftInput {

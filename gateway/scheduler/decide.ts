@@ -19,7 +19,7 @@
 // consolidated pipeline's while it dissolves). chooseConsolidationTarget() picks the worker
 // that loads a serving pipeline's model whole in the background (issue 4, consolidation).
 import type { InstanceView, WorkerView } from '../cluster/worker-view.js';
-import { chooseDegree, COLD_START_DEFAULTS, serverFigures, type DegreeDecision } from './coldstart.js';
+import { chooseDegree, COLD_START_DEFAULTS, heldStagesOf, serverFigures, type DegreeDecision } from './coldstart.js';
 import { formatBytes } from './format.js';
 import type {
   ColdStartExplanation,
@@ -289,16 +289,8 @@ function placePipeline(
  */
 function stageWorkers(model: string, stages: readonly { range: PlacedStage['range'] }[], workers: readonly WorkerView[]): WorkerView[] {
   const holds = (w: WorkerView, range: PlacedStage['range']): boolean =>
-    w.instances.some(
-      (i) =>
-        i.model === model &&
-        i.residency !== 'LOADING' &&
-        i.hostBytes > 0 &&
-        i.stage !== null &&
-        i.stage.layerStart === range.layerStart &&
-        i.stage.layerEnd === range.layerEnd &&
-        i.stage.hasEmbeddings === range.hasEmbeddings &&
-        i.stage.hasHead === range.hasHead,
+    heldStagesOf(w, model).some(
+      (h) => h.layerStart === range.layerStart && h.layerEnd === range.layerEnd && h.hasEmbeddings === range.hasEmbeddings && h.hasHead === range.hasHead,
     );
   const used = new Set<WorkerView>();
   const holders = stages.map((stage) => {
