@@ -62,7 +62,7 @@ import { planStages, stageByteProfile, stageBytes, type StageByteProfile } from 
 import type { WorkerChannel } from '../cluster/worker-channel.js';
 import { COLD_START_DEFAULTS } from './coldstart.js';
 import { chooseConsolidationTarget, decide, withoutInstances, withoutWorkers } from './decide.js';
-import { hostInstanceOf, swapModelOf, swapServers, type InFlightSwap, type SharingDefaults } from './sharing.js';
+import { hostInstanceOf, pipelineActive, swapModelOf, swapServers, type InFlightSwap, type SharingDefaults } from './sharing.js';
 import {
   admit,
   buildSwapView,
@@ -487,14 +487,12 @@ export class SchedulerLoop {
 
   /**
    * Whether the swap policy routes this request: a whole-model request (no forced pipeline) of a
-   * model without a pipeline, not being re-placed after a load died with its worker (decide()
-   * re-places those, as it always did).
+   * model without an active pipeline (sharing.ts pipelineActive), not being re-placed after a
+   * load died with its worker (decide() re-places those, as it always did).
    */
   private shares(request: ScheduleRequest, excluded: ReadonlySet<string>): boolean {
     if (request.pipeline !== null || excluded.size > 0) return false;
-    const piped = (stage: { stageCount: number } | null): boolean => stage !== null && stage.stageCount > 1;
-    if (this.cluster.views().some((w) => w.instances.some((i) => i.model === request.model && piped(i.stage)))) return false;
-    return ![...this.loads.values()].some((e) => e.loads.some((l) => l.model === request.model && l.pipelineStage !== null));
+    return !pipelineActive(request.model, this.cluster.views(), [...this.loads.values()].flatMap((e) => e.loads));
   }
 
   /**

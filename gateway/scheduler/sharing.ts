@@ -72,8 +72,20 @@ export interface SharedModel {
   hostKeepAliveMs: number | null;
 }
 
-function wholeModel(i: InstanceView): boolean {
+/** Whether the instance holds the whole model (not one stage of a pipeline). */
+export function wholeModel(i: Pick<InstanceView, 'stage'>): boolean {
   return i.stage === null || (i.stage.hasEmbeddings && i.stage.hasHead);
+}
+
+/**
+ * Whether a pipeline of `model` is serving or loading: a stage of it on a device or on its way
+ * there, or a pipeline load the gateway started. Stages kept in host memory after their
+ * pipeline dissolved do not count. While one is, the model's requests are routed by decide()
+ * (which runs pipelines), not by the swap policy.
+ */
+export function pipelineActive(model: string, workers: readonly WorkerView[], loads: readonly Pick<InFlightLoad, 'model' | 'pipelineStage'>[]): boolean {
+  const servingStage = (i: InstanceView): boolean => i.model === model && !wholeModel(i) && i.residency !== 'HOST_ONLY';
+  return workers.some((w) => w.instances.some(servingStage)) || loads.some((l) => l.model === model && l.pipelineStage !== null);
 }
 
 /**

@@ -3,7 +3,7 @@
 // policy sees it. Table rows of (snapshot, in-flight work) → the view.
 import t from 'tap';
 import type { InstanceView } from '../../gateway/cluster/worker-view.js';
-import { hostInstanceOf, swapModelOf, swapServers, type InFlightSwap, type SharingInputs } from '../../gateway/scheduler/sharing.js';
+import { hostInstanceOf, pipelineActive, swapModelOf, swapServers, type InFlightSwap, type SharingInputs } from '../../gateway/scheduler/sharing.js';
 import type { InFlightLoad } from '../../gateway/scheduler/types.js';
 import { GiB, readyWorker, stageView } from './fixtures/scheduler-views.js';
 
@@ -166,4 +166,16 @@ t.test('a swap-in uses the HOST_ONLY copy first, never one the gateway is busy w
   t.equal(hostInstanceOf(w, 'm', new Set())?.instanceId, 'm@w1#1');
   t.equal(hostInstanceOf(w, 'm', new Set(['m@w1#1']))?.instanceId, 'm@w1#0');
   t.equal(hostInstanceOf(w, 'n', new Set()), null);
+});
+
+t.test('a pipeline keeps a model out of the swap policy while it serves or loads, not once only kept stages remain', async (t) => {
+  const stage = (residency: InstanceView['residency']): InstanceView => instance('m@w1#0', { stage: stageView(1, 2), residency });
+  const on = (...instances: InstanceView[]) => [readyWorker('w1', GiB, { instances })];
+  t.equal(pipelineActive('m', on(instance('m@w1#1')), []), false, 'a whole-model instance');
+  t.equal(pipelineActive('m', on(stage('ON_DEVICE')), []), true, 'a stage on a device');
+  t.equal(pipelineActive('m', on(stage('LOADING')), []), true, 'a stage loading');
+  t.equal(pipelineActive('m', on(stage('HOST_ONLY'), instance('m@w1#1')), []), false, 'a stage kept in host memory after its pipeline dissolved');
+  t.equal(pipelineActive('x', on(stage('ON_DEVICE')), []), false, 'another model');
+  t.equal(pipelineActive('m', [], [{ model: 'm', pipelineStage: { index: 0, count: 2 } }]), true, 'a pipeline load the gateway started');
+  t.equal(pipelineActive('m', [], [{ model: 'm', pipelineStage: null }]), false, 'a whole-model load');
 });
