@@ -433,7 +433,7 @@ export class SchedulerLoop {
               Date.now(),
               this.consolidatedInstances.has(action.instanceId),
             );
-            this.reserve(action.instanceId);
+            if (routed === null) this.reserve(action.instanceId); // swapStep reserved its own
             this.dequeue(model.name, queued.id);
             return { workerId: action.workerId, instanceId: action.instanceId };
           case 'await-load': {
@@ -524,6 +524,9 @@ export class SchedulerLoop {
     routing.asleep = null;
     switch (route.kind) {
       case 'run':
+        // Taken before this returns: place() goes on only after an await, and a request woken
+        // with this one must see the slot gone.
+        this.reserve(route.instanceId);
         return { kind: 'run-on', workerId: route.serverId, instanceId: route.instanceId, reason: route.reason };
       case 'wait': {
         if (this.loads.has(route.instanceId)) return { kind: 'await-load', workerId: route.serverId, instanceId: route.instanceId, reason: route.reason };

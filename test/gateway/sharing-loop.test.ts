@@ -253,3 +253,28 @@ t.test('without swapping (a baseline), an evicted model is unloaded and the next
   t.same(c.worker.calls, [{ kind: 'unload', instanceId: 'other@w1#0' }], 'the idle model in the way went back to storage');
   t.equal(c.worker.loads.length, 1);
 });
+
+t.test('a freed batch slot goes to one of the requests waiting for it, not to both', async (t) => {
+  const c = await startCluster(
+    t,
+    { script: () => ({ tokens: c.tokenizer.encode('Hello', false), end: 'stall' }) },
+    { queueCapacity: 4, sharing: { maxBatch: 1, ttftSloMs: 10_000, gpuKeepAliveMs: 600_000, hostKeepAliveMs: 600_000 } },
+  );
+  const clients = [new AbortController(), new AbortController(), new AbortController()];
+  t.teardown(() => clients.forEach((c) => c.abort()));
+  const first = post(c.url, MODEL, clients[0]!.signal).catch((e: unknown) => e);
+  await nextEvent(c.worker, 'generate');
+  const waiting = [1, 2].map((i) => post(c.url, MODEL, clients[i]!.signal).catch((e: unknown) => e));
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  t.equal(c.worker.generates.length, 1, 'both wait while the only slot is taken');
+
+  const next = nextEvent(c.worker, 'generate');
+  clients[0]!.abort();
+  await first;
+  await next;
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  t.equal(c.worker.generates.length, 2, 'one of them runs; the other still waits');
+  clients[1]!.abort();
+  clients[2]!.abort();
+  await Promise.all(waiting);
+});
