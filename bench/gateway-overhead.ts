@@ -6,16 +6,15 @@
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
+import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import * as grpc from '@grpc/grpc-js';
 import { Agent, request } from 'undici';
 import { loadParaserveProto } from '../protos/load.js';
 import type { WorkerClient } from '../protos/generated/paraserve/v1/Worker.js';
-import { Supervisor } from '../gateway/cli/supervisor.js';
 import { writeSyntheticModel } from '../worker/models/synthetic.js';
 import { ModelTokenizer } from '../worker/models/tokenizer.js';
-import { ADMIN_TOKEN, getJson, percentile, waitFor } from './cluster.js';
+import { benchProcesses, closeBenchHttp, getJson, percentile, postJson, waitFor } from './cluster.js';
 
 const { values: flags } = parseArgs({
   options: {
@@ -97,24 +96,13 @@ async function main(): Promise<void> {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'paraserve-bench-'));
   const modelDir = path.join(dir, 'model');
   await writeSyntheticModel({ dir: modelDir, preset: flags.preset!, seed: 0, dtype: null, sharded: false }, null);
-  const cli = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'gateway', 'cli', 'main.js');
-  const supervisor = new Supervisor([cli], (child, exit) => {
-    console.error(`${child.name} exited unexpectedly (${JSON.stringify(exit)}); log: ${child.logFile}`);
-    process.exit(1);
-  });
-  const env = { ...process.env, PARASERVE_ADMIN_TOKEN: ADMIN_TOKEN };
-  const gateway = supervisor.start({ name: 'gateway', args: ['gateway', '--port', '0', '--data-dir', dir, '--log-level', 'warn'], env, logFile: path.join(dir, 'gateway.log') });
+  const processes = benchProcesses(dir);
+  const gateway = processes.start('gateway', ['gateway', '--port', '0', '--data-dir', dir, '--log-level', 'warn'], {});
   const gatewayUrl = (await gateway.ready(30_000)).url!;
-  const worker = supervisor.start({ name: 'worker', args: ['worker', '--gateway', gatewayUrl, '--port', '0', '--log-level', 'warn'], env, logFile: path.join(dir, 'worker.log') });
+  const worker = processes.start('worker', ['worker', '--gateway', gatewayUrl, '--port', '0', '--log-level', 'warn'], {});
   await worker.ready(30_000);
   try {
-    const register = await request(`${gatewayUrl}/admin/models`, {
-      method: 'POST',
-      dispatcher: http,
-      headers: { 'content-type': 'application/json', authorization: `Bearer ${ADMIN_TOKEN}` },
-      body: JSON.stringify({ name: 'bench', source: pathToFileURL(modelDir).href, files: null, ttftSloMs: null }),
-    });
-    if (register.statusCode !== 201) throw new Error(`register: ${register.statusCode} ${await register.body.text()}`);
+    await postJson(`${gatewayUrl}/admin/models`, { name: 'bench', source: pathToFileURL(modelDir).href, files: null, ttftSloMs: null }, 201);
     await waitFor('the worker to register', async () => ((await getJson<WorkersReply>(`${gatewayUrl}/admin/workers`)).data.length > 0 ? true : null), 30_000);
     await viaGateway(gatewayUrl, 'bench'); // cold start: loads the model on the worker
     const { address, instanceId } = await waitFor(
@@ -151,9 +139,9 @@ async function main(): Promise<void> {
     );
     if (gatewayed.tokens !== direct.tokens) console.log(`note: token counts differ (gateway ${gatewayed.tokens}, direct ${direct.tokens})`);
   } finally {
-    await supervisor.stop(worker, 10_000);
-    await supervisor.stop(gateway, 10_000);
+    await processes.stop();
     await http.close();
+    await closeBenchHttp();
     await rm(dir, { recursive: true, force: true });
   }
 }

@@ -18,6 +18,7 @@ import { hashModelFiles } from '../worker/models/inspect.js';
 import { openModelSource } from '../worker/models/source.js';
 import { writeSyntheticModel } from '../worker/models/synthetic.js';
 import { benchProcesses, closeBenchHttp, getJson, percentile, postJson, streamCompletion, waitFor, type Completion } from './cluster.js';
+import { zipfCumulative } from './simulator/trace.js';
 
 const { values: flags } = parseArgs({
   options: {
@@ -66,15 +67,11 @@ interface Arrival {
  */
 function arrivals(seed: number): Arrival[] {
   const random = randomSource(seed);
-  const weights = Array.from({ length: MODELS }, (_, i) => 1 / (i + 1) ** 1.1);
-  const total = weights.reduce((a, b) => a + b, 0);
+  const cumulative = zipfCumulative(MODELS, 1.1);
   const pick = (): string => {
-    let u = random() * total;
-    for (let i = 0; i < MODELS; i++) {
-      u -= weights[i]!;
-      if (u <= 0) return modelName(i);
-    }
-    return modelName(MODELS - 1);
+    const u = random() * cumulative[MODELS - 1]!;
+    const rank = cumulative.findIndex((c) => u <= c);
+    return modelName(rank === -1 ? MODELS - 1 : rank);
   };
   const out: Arrival[] = [];
   let t = 0;

@@ -62,7 +62,7 @@ import { planStages, stageByteProfile, stageBytes, type StageByteProfile } from 
 import type { WorkerChannel } from '../cluster/worker-channel.js';
 import { COLD_START_DEFAULTS } from './coldstart.js';
 import { chooseConsolidationTarget, decide, withoutInstances, withoutWorkers } from './decide.js';
-import { hostInstanceOf, pipelineActive, swapModelOf, swapServers, type InFlightSwap, type SharingDefaults } from './sharing.js';
+import { hostInstanceOf, pipelineActive, swapModelOf, swapServers, wholeModel, type InFlightSwap, type SharingDefaults } from './sharing.js';
 import {
   admit,
   buildSwapView,
@@ -378,11 +378,12 @@ export class SchedulerLoop {
   }
 
   state(): SchedulerState {
-    return {
-      workers: this.cluster.views(),
-      loads: [...this.loads.values()].flatMap((e) => e.loads),
-      gatewayActive: this.active,
-    };
+    return { workers: this.cluster.views(), loads: this.inFlightLoads(), gatewayActive: this.active };
+  }
+
+  /** Every stage load the gateway started and still tracks. */
+  private inFlightLoads(): InFlightLoad[] {
+    return [...this.loads.values()].flatMap((e) => e.loads);
   }
 
   /**
@@ -492,7 +493,7 @@ export class SchedulerLoop {
    */
   private shares(request: ScheduleRequest, excluded: ReadonlySet<string>): boolean {
     if (request.pipeline !== null || excluded.size > 0) return false;
-    return !pipelineActive(request.model, this.cluster.views(), [...this.loads.values()].flatMap((e) => e.loads));
+    return !pipelineActive(request.model, this.cluster.views(), this.inFlightLoads());
   }
 
   /**
@@ -632,7 +633,7 @@ export class SchedulerLoop {
     return swapServers(
       {
         workers: this.cluster.views(),
-        loads: this.state().loads,
+        loads: this.inFlightLoads(),
         swaps: [...this.swaps.values()].map((e) => e.swap),
         leaving: new Set([...this.leaving.keys(), ...this.retired]),
         gatewayActive: this.active,
@@ -716,7 +717,6 @@ export class SchedulerLoop {
     deadlineMs: number,
     routing: RoutingProgress,
   ): Promise<void> {
-    const mine: SwapTrace = { ...entry.trace, joined };
     const started = Date.now();
     let timer: NodeJS.Timeout | null = null;
     const expiry = new Promise<never>((_resolve, reject) => {
@@ -729,8 +729,7 @@ export class SchedulerLoop {
       this.swapFailed(e, trace, routing);
     } finally {
       if (timer !== null) clearTimeout(timer);
-      Object.assign(mine, entry.trace, { joined });
-      trace.waitedOnSwap(mine, Date.now() - started);
+      trace.waitedOnSwap({ ...entry.trace, joined }, Date.now() - started);
     }
   }
 
@@ -1455,16 +1454,16 @@ export class SchedulerLoop {
    * keep-alive starts), each model's footprint is noted (the most device or host bytes one of
    * its instances held), swap-ins the snapshot shows
    * landed (or whose worker is gone) and swap-outs and unloads it shows done are forgotten.
-   * Then sleepers wake and keep-alives are looked at.
+   * Then sleepers wake and keep-alives are looked at. Returns the ids the workers list.
    */
-  private pruneSharing(): void {
+  private pruneSharing(): Set<string> {
     const now = Date.now();
     const seen = new Set<string>();
     for (const w of this.cluster.views()) {
       for (const i of w.instances) {
         seen.add(i.instanceId);
         if (!this.lastUsed.has(i.instanceId)) this.lastUsed.set(i.instanceId, now);
-        if (i.stage === null || i.stage.stageCount <= 1) {
+        if (wholeModel(i)) {
           this.footprints.set(i.model, Math.max(this.footprints.get(i.model) ?? 0, i.deviceBytes, i.hostBytes));
           const parameters = this.parameters.get(i.model) ?? 0;
           if (parameters > 0) this.bytesPerParameter = Math.max(this.bytesPerParameter, i.deviceBytes / parameters);
@@ -1487,6 +1486,7 @@ export class SchedulerLoop {
       if (done) this.settleLeaving(id);
     }
     this.changed();
+    return seen;
   }
 
   /**
@@ -1494,13 +1494,12 @@ export class SchedulerLoop {
    * gone); cancels the LoadStage of a stage whose worker went DOWN (its load then fails as lost).
    */
   private prune(): void {
-    const listed = (id: string): boolean => this.cluster.views().some((w) => w.instances.some((i) => i.instanceId === id));
-    this.pruneSharing();
+    const listed = this.pruneSharing();
     for (const id of this.retired) {
-      if (!listed(id) && !this.dissolving.has(id)) this.retired.delete(id);
+      if (!listed.has(id) && !this.dissolving.has(id)) this.retired.delete(id);
     }
     for (const id of this.consolidatedInstances) {
-      if (!listed(id) && !this.loads.has(id)) this.consolidatedInstances.delete(id);
+      if (!listed.has(id) && !this.loads.has(id)) this.consolidatedInstances.delete(id);
     }
     for (const [id, entry] of this.loads) {
       for (const [index, load] of entry.loads.entries()) {

@@ -252,7 +252,7 @@ export class RequestTracer {
    */
   placed(workerId: string, instanceId: string, degree: number, nowMs: number, consolidated: boolean): void {
     const load = this.trace.loads.find((l) => l.instanceId === instanceId) ?? this.trace.loads[this.trace.loads.length - 1];
-    const swap = [...this.trace.swaps].reverse().find((s) => s.instanceId === instanceId);
+    const swap = this.trace.swaps.findLast((s) => s.instanceId === instanceId);
     this.trace.path =
       swap !== undefined
         ? {
@@ -381,9 +381,6 @@ export function namedPhases(t: RequestTrace['timings']): [string, number | null]
   ];
 }
 
-/** How many of namedPhases are known when a stream's headers go out (up to the first token). */
-const PHASES_UP_TO_FIRST_TOKEN = 7;
-
 /**
  * Server-Timing style: `queue;dur=1.2, swap_in;dur=40, load;dur=230, fetch;dur=…, …`.
  * `upToFirstToken` keeps what is known when a stream's headers go out (queue, swap-in, load
@@ -391,7 +388,8 @@ const PHASES_UP_TO_FIRST_TOKEN = 7;
  */
 export function timingHeader(trace: RequestTrace, upToFirstToken: boolean): string {
   const phases = namedPhases(trace.timings);
-  const all = upToFirstToken ? phases.slice(0, PHASES_UP_TO_FIRST_TOKEN) : [...phases, ['total', trace.timings.totalMs] as [string, number | null]];
+  // Known when a stream's headers go out: the phases up to the first token.
+  const all = upToFirstToken ? phases.slice(0, phases.findIndex(([name]) => name === 'first_token') + 1) : [...phases, ['total', trace.timings.totalMs] as [string, number | null]];
   return all
     .filter((e): e is [string, number] => e[1] !== null)
     .map(([name, ms]) => `${name};dur=${Math.round(ms * 10) / 10}`)

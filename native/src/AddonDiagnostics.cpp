@@ -13,13 +13,7 @@ namespace paraserve {
 
 namespace {
 
-Backend& compiledBackend(const Napi::Value& value) {
-  Backend* backend = findBackend(backendValue(value, "backend"));
-  if (backend == nullptr) {
-    throw NotImplementedError(std::string("the cuda backend is not compiled into this binary: ") + cudaSkippedReason());
-  }
-  return *backend;
-}
+Backend& compiledBackend(const Napi::Value& value) { return requireBackend(backendValue(value, "backend")); }
 
 Napi::Value seconds(Napi::Env env, double& value) { return Napi::Number::New(env, value); }
 

@@ -207,13 +207,8 @@ class ForwardWorker final : public Napi::AsyncWorker {
 // Never throws: every failure rejects the returned promise.
 Napi::Value PrepareDevice(const Napi::CallbackInfo& info) {
   try {
-    const BackendKind kind = backendValue(info[0], "backend");
+    Backend* backend = &requireBackend(backendValue(info[0], "backend"));
     const int64_t device = integerValue(info[1], "device", 0, kMaxSafeInteger);
-    Backend* backend = findBackend(kind);
-    if (backend == nullptr) {
-      throw NotImplementedError(std::string("the cuda backend is not compiled into this binary: ") +
-                                cudaSkippedReason());
-    }
     return runAsync<bool>(
         info.Env(), "paraserve.prepareDevice",
         [backend, device] {
@@ -239,11 +234,7 @@ Napi::Value stageHandle(Napi::Env env, std::unique_ptr<Stage> stage, const Stage
 Napi::Value CreateStage(const Napi::CallbackInfo& info) {
   StageSpec spec = parseStageSpec(info[0]);
   validateStageSpec(spec);
-  Backend* backend = findBackend(spec.backend);
-  if (backend == nullptr) {
-    throw NotImplementedError(std::string("the cuda backend is not compiled into this binary: ") + cudaSkippedReason());
-  }
-  return stageHandle(info.Env(), backend->createStage(spec), spec);
+  return stageHandle(info.Env(), requireBackend(spec.backend).createStage(spec), spec);
 }
 
 // Synchronous like createStage: it only queues the device-to-device copy.

@@ -6,6 +6,7 @@ import t from 'tap';
 
 import { loadNativeAddon } from '../../worker/native/addon.js';
 import type { DType, StageHandle } from '../../worker/native/addon-types.js';
+import { maxAbsDiff } from '../fixtures/whole-model.js';
 import { referenceLogits } from './reference-forward.js';
 import {
   BIAS_TIED_LINEAR,
@@ -20,13 +21,6 @@ import {
 
 const addon = loadNativeAddon();
 const MAX_CONTEXT = 32;
-
-function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  if (a.length !== b.length) return Infinity;
-  let max = 0;
-  for (let i = 0; i < a.length; i++) max = Math.max(max, Math.abs((a[i] ?? NaN) - (b[i] ?? NaN)));
-  return Number.isNaN(max) ? Infinity : max;
-}
 
 function randomTokens(seed: number, count: number, vocab: number): number[] {
   const random = makeRandom(seed);

@@ -10,6 +10,7 @@ import type { Logger } from 'pino';
 import type { HostBufferHandle, NativeAddon } from '../native/addon-types.js';
 import { WorkerError } from './errors.js';
 import { hostCacheProblem, nextEviction, type EvictionFacts } from './memory.js';
+import { detachStage } from './swap.js';
 import type { InstanceRecord, WorkerState } from './state.js';
 
 export interface HostCacheDeps {
@@ -20,10 +21,7 @@ export interface HostCacheDeps {
 
 /** Frees what an instance holds natively (its stage, then its host buffer). */
 export function releaseNative(addon: NativeAddon, record: InstanceRecord): void {
-  if (record.nativeStage !== null) addon.disposeStage(record.nativeStage);
-  record.nativeStage = null;
-  record.runner = null;
-  record.measureDeviceBytes = null;
+  detachStage(addon, record);
   if (record.hostBuffer !== null) addon.freeHostBuffer(record.hostBuffer);
   record.hostBuffer = null;
 }

@@ -91,8 +91,7 @@ function shutdownServer(server: grpc.Server, graceMs: number): Promise<void> {
   });
 }
 
-function cpuFacts(budgetBytes: number | null): CpuFacts {
-  const name = os.cpus()[0]?.model.trim() ?? 'cpu';
+function cpuFacts(name: string, budgetBytes: number | null): CpuFacts {
   if (budgetBytes !== null) return { name, totalBytes: budgetBytes, freeBytes: budgetBytes };
   return { name, totalBytes: os.totalmem(), freeBytes: os.freemem() };
 }
@@ -142,12 +141,15 @@ export async function startWorkerWith(opts: WorkerOptions, runtime: WorkerRuntim
   const log = logger.child({ worker: id });
 
   const deviceMemoryBytes = opts.deviceMemoryBytes ?? null;
+  // What does not change while the worker runs is read once; snapshots only add what instances hold.
+  const gpus = backend === 'cpu' ? [] : addon.listDevices(backend);
+  const cpuName = os.cpus()[0]?.model.trim() ?? 'cpu';
   const state = new WorkerState({
     workerId: id,
     backend,
     hostCacheLimit: opts.hostCacheBytes,
     hostCachePinned: pool.pinned,
-    devices: (instances) => workerDevices(backend, backend === 'cpu' ? [] : addon.listDevices(backend), cpuFacts(deviceMemoryBytes), deviceMemoryBytes, instances),
+    devices: (instances) => workerDevices(backend, gpus, cpuFacts(cpuName, deviceMemoryBytes), deviceMemoryBytes, instances),
     snapshotDebounceMs: SNAPSHOT_DEBOUNCE_MS,
     fetchLimiter: new FetchLimiter(opts.fetchBandwidthBytesPerS),
   });

@@ -29,7 +29,7 @@ export interface HostTensor {
 export interface InstanceRecord extends InstanceFacts {
   /** KV cache capacity per sequence, in tokens. */
   maxContext: number;
-  /** What createStage is given (its device is the one it goes to); set once the load planned it. */
+  /** What createStage is given: the device is the load's; a swap-in or move creates the stage on its own device. Set once the load planned it. */
   stageSpec: StageSpec | null;
   /** Native stage; set while the instance has a device copy. */
   nativeStage: StageHandle | null;

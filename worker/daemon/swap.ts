@@ -53,6 +53,14 @@ export function attachStage(addon: NativeAddon, state: WorkerState, record: Inst
   state.flushSnapshot();
 }
 
+/** Disposes the instance's device copy, if any, and what serves from it (the reverse of attachStage, less the accounting). */
+export function detachStage(addon: NativeAddon, record: InstanceRecord): void {
+  if (record.nativeStage !== null) addon.disposeStage(record.nativeStage);
+  record.nativeStage = null;
+  record.runner = null;
+  record.measureDeviceBytes = null;
+}
+
 function unknownInstance(instanceId: string): WorkerError {
   return new WorkerError(status.NOT_FOUND, `unknown instance ${JSON.stringify(instanceId)}`);
 }
@@ -99,10 +107,7 @@ async function dropDeviceCopy(deps: SwapDeps, record: InstanceRecord): Promise<n
     if (running.length > 0) deps.logger.debug({ instance: record.id, requests: running.length }, 'swap-out waits for running requests');
     await Promise.all(running.map((r) => r.done));
     const freed = record.measureDeviceBytes?.() ?? record.deviceBytes;
-    if (record.nativeStage !== null) deps.addon.disposeStage(record.nativeStage);
-    record.nativeStage = null;
-    record.runner = null;
-    record.measureDeviceBytes = null;
+    detachStage(deps.addon, record);
     record.deviceBytes = 0;
     record.device = -1;
     record.residency = 'HOST_ONLY';
@@ -143,7 +148,6 @@ async function buildStage(deps: SwapDeps, record: InstanceRecord, device: number
     }
     const missing = addon.missingTensors(stage);
     if (missing.length > 0) throw new WorkerError(status.INTERNAL, `the host copy of instance ${record.id} lacks tensors: ${missing.join(', ')}`);
-    record.stageSpec = { ...spec, device };
     // Copies still in flight (CUDA) finish in the background; how long they took is logged.
     addon.awaitStageCopies(stage).then(
       () => deps.logger.debug({ instance: record.id, device, bytes: copied, copyMs: performance.now() - copyStarted }, 'swap-in copies landed'),

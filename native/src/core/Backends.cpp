@@ -36,6 +36,14 @@ Backend* findBackend(BackendKind kind) {
 #endif
 }
 
+Backend& requireBackend(BackendKind kind) {
+  Backend* backend = findBackend(kind);
+  if (backend == nullptr) {
+    throw NotImplementedError(std::string("the cuda backend is not compiled into this binary: ") + cudaSkippedReason());
+  }
+  return *backend;
+}
+
 std::vector<BackendKind> compiledBackends() {
 #ifdef PARASERVE_WITH_CUDA
   return {BackendKind::Cpu, BackendKind::Cuda};

@@ -12,6 +12,8 @@ namespace paraserve {
 
 // The backend of that kind, or nullptr when it is not compiled into this binary.
 Backend* findBackend(BackendKind kind);
+// The backend of that kind; NotImplementedError saying why the build left it out otherwise.
+Backend& requireBackend(BackendKind kind);
 std::vector<BackendKind> compiledBackends();
 // Compiled backends that can execute stages now.
 std::vector<BackendKind> stageBackends();

@@ -2,7 +2,6 @@
 #include "cpu/CpuStage.h"
 
 #include <algorithm>
-#include <cstring>
 #include <numeric>
 
 #include "core/Errors.h"
@@ -61,48 +60,49 @@ CpuStage::CpuStage(const StageSpec& spec)
 }
 
 std::vector<float>* CpuStage::storageFor(const std::string& name) {
-  struct LayerTensor {
-    const char* suffix;
-    std::vector<float> Layer::*member;
-  };
-  static const LayerTensor kLayerTensors[] = {
-      {"input_layernorm.weight", &Layer::inputNorm},
-      {"self_attn.q_proj.weight", &Layer::wq},
-      {"self_attn.k_proj.weight", &Layer::wk},
-      {"self_attn.v_proj.weight", &Layer::wv},
-      {"self_attn.q_proj.bias", &Layer::bq},
-      {"self_attn.k_proj.bias", &Layer::bk},
-      {"self_attn.v_proj.bias", &Layer::bv},
-      {"self_attn.o_proj.weight", &Layer::wo},
-      {"post_attention_layernorm.weight", &Layer::postNorm},
-      {"mlp.gate_proj.weight", &Layer::wGate},
-      {"mlp.up_proj.weight", &Layer::wUp},
-      {"mlp.down_proj.weight", &Layer::wDown},
-  };
-  if (name == "model.embed_tokens.weight") return &embed_;
-  if (name == "model.norm.weight") return &norm_;
-  if (name == "lm_head.weight") return &lmHead_;
-  // stageTensors only yields "model.layers.<i>.<suffix>" names for i in the stage's range.
-  const size_t numberBegin = std::strlen("model.layers.");
-  const size_t numberEnd = name.find('.', numberBegin);
-  const int64_t layer = std::stoll(name.substr(numberBegin, numberEnd - numberBegin));
-  const std::string suffix = name.substr(numberEnd + 1);
-  Layer& target = layers_[static_cast<size_t>(layer - spec_.layerStart)];
-  for (const LayerTensor& entry : kLayerTensors) {
-    if (suffix == entry.suffix) return &(target.*entry.member);
+  const TensorRole role = tensorRole(spec_, name);
+  switch (role.part) {
+    case TensorPart::Embeddings:
+      return &embed_;
+    case TensorPart::FinalNorm:
+      return &norm_;
+    case TensorPart::LmHead:
+      return &lmHead_;
+    default:
+      break;
   }
-  throw NativeError("NativeError", "no storage for tensor " + name);
+  Layer& layer = layers_[static_cast<size_t>(role.layer)];
+  switch (role.part) {
+    case TensorPart::InputNorm:
+      return &layer.inputNorm;
+    case TensorPart::Wq:
+      return &layer.wq;
+    case TensorPart::Wk:
+      return &layer.wk;
+    case TensorPart::Wv:
+      return &layer.wv;
+    case TensorPart::Bq:
+      return &layer.bq;
+    case TensorPart::Bk:
+      return &layer.bk;
+    case TensorPart::Bv:
+      return &layer.bv;
+    case TensorPart::Wo:
+      return &layer.wo;
+    case TensorPart::PostNorm:
+      return &layer.postNorm;
+    case TensorPart::WGate:
+      return &layer.wGate;
+    case TensorPart::WUp:
+      return &layer.wUp;
+    default:
+      return &layer.wDown;
+  }
 }
 
 void CpuStage::bindTensor(const TensorBinding& binding) {
   const auto found = slotIndex_.find(binding.name);
-  if (found == slotIndex_.end()) {
-    std::string holds = "layers [" + std::to_string(spec_.layerStart) + ", " + std::to_string(spec_.layerEnd) + ")";
-    if (spec_.hasEmbeddings) holds += ", embeddings";
-    if (spec_.hasHead) holds += spec_.tieWordEmbeddings ? ", norm and head (tied to model.embed_tokens.weight)"
-                                                        : ", norm and head";
-    throw InvalidArgumentError("the stage has no tensor named '" + binding.name + "' (it holds " + holds + ")");
-  }
+  if (found == slotIndex_.end()) throwUnknownTensor(spec_, binding.name);
   Slot& slot = slots_[found->second];
   checkBinding(slot.expected, binding);
   uint64_t elements = 1;
