@@ -5,6 +5,7 @@
 #include "AddonBuildInfo.h"
 #include "AddonDiagnostics.h"
 #include "AddonHostBuffer.h"
+#include "AddonLink.h"
 #include "AddonStage.h"
 #include "AddonSystemd.h"
 
@@ -14,6 +15,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   paraserve::registerBuildInfoExports(env, exports);
   paraserve::registerDiagnosticsExports(env, exports);
   paraserve::registerHostBufferExports(env, exports);
+  paraserve::registerLinkExports(env, exports);
   paraserve::registerStageExports(env, exports);
   paraserve::registerSystemdExports(env, exports);
   return exports;

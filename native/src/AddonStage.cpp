@@ -1,5 +1,6 @@
 // Stage exports (see AddonStage.h). Everything but forward and forwardBatch runs
-// synchronously on the JS thread. Those validate their inputs here, then run on a libuv
+// synchronously on the JS thread. On backends with links (AddonLink.h) an input's hidden
+// states may come over a link (a LinkInput), and forwardToLink sends its output over one. Those validate their inputs here, then run on a libuv
 // worker thread through ForwardWorker, which pins the handle (a reference) and shares
 // ownership of the stage, so disposeStage during a forward frees the stage only when that
 // forward ends.
@@ -12,6 +13,7 @@
 #include "AddonAsync.h"
 #include "AddonErrors.h"
 #include "AddonHostBuffer.h"
+#include "AddonLink.h"
 #include "AddonValues.h"
 #include "core/Backends.h"
 #include "core/Errors.h"
@@ -117,7 +119,7 @@ bool copyTypedArray(const Napi::Value& value, napi_typedarray_type type, const c
   if (value.IsNull()) return false;
   if (!value.IsTypedArray() || value.As<Napi::TypedArray>().TypedArrayType() != type) {
     throw InvalidArgumentError(std::string(what) + " must be a " +
-                               (type == napi_int32_array ? "Int32Array" : "Float32Array") + " or null");
+                               (type == napi_int32_array ? "Int32Array" : "Float32Array or LinkInput") + " or null");
   }
   const auto array = value.As<Napi::TypedArrayOf<T>>();
   if (array.ElementLength() == 0) throw InvalidArgumentError(std::string(what) + " is empty");
@@ -131,7 +133,18 @@ ForwardRequest parseForwardInput(const Napi::Value& value) {
   request.sequence = integerValue(o.Get("sequence"), "input.sequence", -kMaxSafeInteger, kMaxSafeInteger);
   request.position = integerValue(o.Get("position"), "input.position", 0, kMaxSafeInteger);
   const bool hasTokens = copyTypedArray(o.Get("tokens"), napi_int32_array, "input.tokens", request.tokens);
-  const bool hasHidden = copyTypedArray(o.Get("hidden"), napi_float32_array, "input.hidden", request.hidden);
+  const Napi::Value hidden = o.Get("hidden");
+  bool hasHidden = false;
+  if (hidden.IsObject() && !hidden.IsTypedArray()) {
+    // A LinkInput: the hidden states come over a link.
+    const Napi::Object link = hidden.As<Napi::Object>();
+    request.inputLink = linkFromHandle(link.Get("link"), "input.hidden.link");
+    request.inputTag = static_cast<uint64_t>(integerValue(link.Get("tag"), "input.hidden.tag", 0, kMaxSafeInteger));
+    request.inputTokens = integerValue(link.Get("tokenCount"), "input.hidden.tokenCount", 1, kMaxSafeInteger);
+    hasHidden = true;
+  } else {
+    hasHidden = copyTypedArray(hidden, napi_float32_array, "input.hidden", request.hidden);
+  }
   if (hasTokens == hasHidden) throw InvalidArgumentError("exactly one of input.tokens and input.hidden must be set");
   return request;
 }
@@ -296,6 +309,24 @@ Napi::Value Forward(const Napi::CallbackInfo& info) {
   }
 }
 
+// Never throws, like Forward: a forward whose output hidden states go over a link (the
+// sending end) under a tag; resolves to undefined once the send is queued.
+Napi::Value ForwardToLink(const Napi::CallbackInfo& info) {
+  try {
+    const StageBox& box = liveStage(info[0]);
+    ForwardRequest request = parseForwardInput(info[1]);
+    const Napi::Object output = objectValue(info[2], "output");
+    request.outputLink = linkFromHandle(output.Get("link"), "output.link");
+    request.outputTag = static_cast<uint64_t>(integerValue(output.Get("tag"), "output.tag", 0, kMaxSafeInteger));
+    checkForwardRequest(box.spec, request);
+    std::vector<ForwardRequest> requests;
+    requests.push_back(std::move(request));
+    return queueForward(info, std::move(requests), false);
+  } catch (...) {
+    return rejectedPromise(info.Env());
+  }
+}
+
 // Never throws, like Forward. Rejects an empty batch and a sequence named twice.
 Napi::Value ForwardBatch(const Napi::CallbackInfo& info) {
   try {
@@ -365,6 +396,7 @@ void registerStageExports(Napi::Env env, Napi::Object exports) {
   exportFunction<BindTensor>(env, exports, "bindTensor");
   exportFunction<MissingTensors>(env, exports, "missingTensors");
   exportFunction<Forward>(env, exports, "forward");
+  exportFunction<ForwardToLink>(env, exports, "forwardToLink");
   exportFunction<ForwardBatch>(env, exports, "forwardBatch");
   exportFunction<ReleaseSequence>(env, exports, "releaseSequence");
   exportFunction<StageDeviceBytes>(env, exports, "stageDeviceBytes");

@@ -145,3 +145,27 @@ t.test('a CPU stage cannot move to another device; the CPU has no peer access', 
   t.throws(() => addon.peerAccess('cpu', -1, 0), InvalidArgumentError);
   t.equal(addon.missingTensors(stage).length > 0, true, 'the stage is still usable');
 });
+
+t.test('the CPU backend has no device links, and link arguments are checked', async (t) => {
+  const tail = loadStage(addon, model, { layerStart: 1, layerEnd: 2, hasEmbeddings: false, hasHead: true }, 'f32', 16);
+  const front = loadStage(addon, model, { layerStart: 0, layerEnd: 1, hasEmbeddings: true, hasHead: false }, 'f32', 16);
+  t.teardown(() => {
+    addon.disposeStage(tail);
+    addon.disposeStage(front);
+  });
+  t.throws(() => addon.linkUniqueId('cpu'), { name: 'NotImplementedError', message: /cpu backend has no device-to-device links/ });
+  await t.rejects(addon.openLink('cpu', { device: 0, uniqueId: Buffer.alloc(128), sends: true, timeoutMs: 100 }), NotImplementedError);
+  const notALink = {} as Parameters<typeof addon.closeLink>[0];
+  t.throws(() => addon.closeLink(notALink), { name: 'InvalidArgumentError', message: /LinkHandle from openLink/ });
+  await t.rejects(addon.forward(tail, { sequence: 1, position: 0, tokens: null, hidden: { link: notALink, tag: 1, tokenCount: 1 } }), {
+    name: 'InvalidArgumentError',
+    message: /input\.hidden\.link must be a LinkHandle/,
+  });
+  const tokens = Int32Array.of(1, 2);
+  await t.rejects(addon.forwardToLink(front, { sequence: 1, position: 0, tokens, hidden: null }, { link: notALink, tag: 1 }), {
+    name: 'InvalidArgumentError',
+    message: /output\.link must be a LinkHandle/,
+  });
+  const hidden = await addon.forward(front, { sequence: 1, position: 0, tokens, hidden: null });
+  t.equal(hidden.length, 2 * GQA_LLAMA3.hiddenSize, 'the stages still work');
+});

@@ -6,11 +6,17 @@
 
 declare const hostBufferBrand: unique symbol;
 declare const stageBrand: unique symbol;
+declare const linkBrand: unique symbol;
 
 /** Host memory owned by the addon (pinned where the CUDA backend can pin it). */
 export type HostBufferHandle = { readonly [hostBufferBrand]: 'HostBuffer' };
 /** A model stage (layer range) materialised on one device of one backend. */
 export type StageHandle = { readonly [stageBrand]: 'Stage' };
+/**
+ * One end of a device-to-device link carrying activations from a pipeline stage to the next
+ * (a two-rank NCCL communicator on GPUs; the CPU backend has none).
+ */
+export type LinkHandle = { readonly [linkBrand]: 'Link' };
 
 export type BackendName = 'cpu' | 'cuda';
 export type DType = 'f32' | 'f16' | 'bf16';
@@ -105,8 +111,36 @@ export interface ForwardInput {
   position: number;
   /** Token ids, for a stage with embeddings; null otherwise. */
   tokens: Int32Array | null;
-  /** Hidden states (tokens x hiddenSize), for a stage without embeddings; null otherwise. */
-  hidden: Float32Array | null;
+  /**
+   * Hidden states (tokens x hiddenSize), for a stage without embeddings: from JS, or the ones
+   * that came over a link (LinkInput); null on a stage with embeddings.
+   */
+  hidden: Float32Array | LinkInput | null;
+}
+
+/** Hidden states a forward takes from the receiving end of a link: what was sent under tag. */
+export interface LinkInput {
+  link: LinkHandle;
+  tag: number;
+  /** Rows (tokens) of the activation; the forward fails if the sender sent another size. */
+  tokenCount: number;
+}
+
+/** Where forwardToLink sends its output: the sending end of a link, under a tag. */
+export interface LinkOutput {
+  link: LinkHandle;
+  /** Any integer in [0, 2^53); the receiving side is told it out of band and takes the activation by it. */
+  tag: number;
+}
+
+export interface LinkOptions {
+  device: number;
+  /** From linkUniqueId, the same on both ends. */
+  uniqueId: Buffer;
+  /** true on the stage that sends (the earlier one), false on the one that receives. */
+  sends: boolean;
+  /** openLink rejects (NcclError) when the other end has not joined by then. */
+  timeoutMs: number;
 }
 
 export interface NativeAddon {
@@ -172,6 +206,25 @@ export interface NativeAddon {
    * position is always safe (cached tokens at and after it are discarded).
    */
   forwardBatch(stage: StageHandle, inputs: readonly ForwardInput[]): Promise<Float32Array[]>;
+  /**
+   * forward on a stage without the head whose output hidden states go over a link instead of
+   * back to JS; resolves once the send is queued (it lands on the other end by itself).
+   */
+  forwardToLink(stage: StageHandle, input: ForwardInput, output: LinkOutput): Promise<void>;
+  /**
+   * A fresh id for a link. The process that made it coordinates the link's setup until both
+   * ends have joined, so a worker that takes part makes it. NotImplementedError on the CPU
+   * backend (no links).
+   */
+  linkUniqueId(backend: BackendName): Buffer;
+  /**
+   * Joins one end of a link; resolves once the other end (another process, or another device
+   * of this one) has joined too and one empty message has gone through, so the first real
+   * activation pays no setup.
+   */
+  openLink(backend: BackendName, options: LinkOptions): Promise<LinkHandle>;
+  /** Stops a link (queued sends dropped, waiting forwards fail); idempotent. */
+  closeLink(link: LinkHandle): void;
   /** Frees a sequence's KV cache; unknown sequences are ignored. */
   releaseSequence(stage: StageHandle, sequence: number): void;
   /** Bytes the stage holds on its device (weights plus allocated KV cache). */

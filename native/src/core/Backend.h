@@ -17,6 +17,8 @@ namespace paraserve {
 
 enum class BackendKind { Cpu, Cuda };
 
+const char* backendName(BackendKind kind);
+
 struct RopeScaling {
   enum class Kind { None, Linear, Llama3 };
   Kind kind = Kind::None;
@@ -70,13 +72,34 @@ struct TensorBinding {
   uint64_t offset = 0;
 };
 
-// Exactly one of tokens / hidden is non-empty: tokens on a stage with embeddings, hidden
-// states (tokenCount x hiddenSize, row-major) otherwise.
+// One direction of a pipeline link between the devices of two adjacent stages (NCCL on GPUs):
+// a forward on the sending end passes its output hidden states to a forward on the receiving
+// end with no host copy. Each activation travels under a tag the caller picks and tells the
+// receiving side out of band (the pipeline's gRPC control message).
+class StageLink {
+ public:
+  virtual ~StageLink() = default;
+  virtual BackendKind backend() const = 0;
+  virtual int64_t device() const = 0;
+  virtual bool sends() const = 0;
+  // Stops the link: queued sends are dropped and waiting receives fail. Never blocks.
+  virtual void close() = 0;
+};
+
+// Input: tokens on a stage with embeddings; otherwise hidden states (tokenCount x hiddenSize,
+// row-major) in `hidden`, or inputTokens rows arriving over inputLink (its receiving end)
+// under inputTag. Output: returned, or sent over outputLink (its sending end, on a stage
+// without the head) under outputTag, in which case forward returns no values for it.
 struct ForwardRequest {
   int64_t sequence = 0;
   int64_t position = 0;  // position of the first input token
   std::vector<int32_t> tokens;
   std::vector<float> hidden;
+  std::shared_ptr<StageLink> inputLink;
+  uint64_t inputTag = 0;
+  int64_t inputTokens = 0;
+  std::shared_ptr<StageLink> outputLink;
+  uint64_t outputTag = 0;
 };
 
 // A model stage materialised on one device.
@@ -138,14 +161,31 @@ class Backend {
   // Creates the device context and library handles of a device ahead of the first stage, so
   // runtime init overlaps fetching; runs on a worker thread. No-op where there is none.
   virtual void prepareDevice(int64_t device) { (void)device; }
+  // A fresh id for a link between two stages; the process that made it coordinates the link's
+  // setup until both ends have joined, so it must outlive that. NotImplementedError where the
+  // backend has no links.
+  virtual std::vector<uint8_t> linkUniqueId() { throw noLinks(); }
+  // Joins one end of the link `id` on `device`; returns once the other end has joined too and
+  // the connection is up, NcclError after timeoutSeconds. Runs on a worker thread.
+  virtual std::shared_ptr<StageLink> openLink(int64_t device, const std::vector<uint8_t>& id, bool sends,
+                                              double timeoutSeconds) {
+    (void)device;
+    (void)id;
+    (void)sends;
+    (void)timeoutSeconds;
+    throw noLinks();
+  }
   // Baselines for benchmarks, in seconds: one plain copy of the whole buffer to the device,
   // and one device-to-device copy of bytes (device memory bandwidth = 2 * bytes / time).
   virtual double measureHostToDevice(const HostBuffer& buffer, int64_t device) = 0;
   virtual double measureDeviceMemory(int64_t device, uint64_t bytes) = 0;
   // spec has passed validateStageSpec; the backend checks what is specific to it.
   virtual std::unique_ptr<Stage> createStage(const StageSpec& spec) = 0;
-};
 
-const char* backendName(BackendKind kind);
+ private:
+  NotImplementedError noLinks() const {
+    return NotImplementedError(std::string("the ") + backendName(kind()) + " backend has no device-to-device links");
+  }
+};
 
 }  // namespace paraserve

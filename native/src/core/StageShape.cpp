@@ -172,13 +172,31 @@ void checkBinding(const TensorSlot& slot, const TensorBinding& binding) {
 }
 
 int64_t requestTokenCount(const StageSpec& spec, const ForwardRequest& request) {
-  return spec.hasEmbeddings ? static_cast<int64_t>(request.tokens.size())
-                            : static_cast<int64_t>(request.hidden.size()) / spec.hiddenSize;
+  if (spec.hasEmbeddings) return static_cast<int64_t>(request.tokens.size());
+  if (request.inputLink) return request.inputTokens;
+  return static_cast<int64_t>(request.hidden.size()) / spec.hiddenSize;
 }
+
+namespace {
+
+// A link a request names must be the right end of a link on the stage's own device.
+void checkLinkEnd(const StageSpec& spec, const StageLink& link, bool sends, const char* what) {
+  if (link.backend() != spec.backend || link.device() != spec.device) {
+    throw InvalidArgumentError(std::string(what) + " is on " + backendName(link.backend()) + " device " +
+                               std::to_string(link.device()) + ", the stage on " + backendName(spec.backend) +
+                               " device " + std::to_string(spec.device));
+  }
+  if (link.sends() != sends) {
+    throw InvalidArgumentError(std::string(what) + " must be the " + (sends ? "sending" : "receiving") +
+                               " end of its link");
+  }
+}
+
+}  // namespace
 
 void checkForwardRequest(const StageSpec& spec, const ForwardRequest& request) {
   if (spec.hasEmbeddings) {
-    if (!request.hidden.empty()) {
+    if (!request.hidden.empty() || request.inputLink) {
       throw InvalidArgumentError("input.hidden must be null on a stage with embeddings (pass input.tokens)");
     }
     if (request.tokens.empty()) throw InvalidArgumentError("input.tokens must hold at least one token id");
@@ -188,6 +206,15 @@ void checkForwardRequest(const StageSpec& spec, const ForwardRequest& request) {
         throw InvalidArgumentError("input.tokens[" + std::to_string(i) + "] = " + std::to_string(id) +
                                    " is outside the vocabulary [0, " + std::to_string(spec.vocabSize) + ")");
       }
+    }
+  } else if (request.inputLink) {
+    if (!request.tokens.empty()) {
+      throw InvalidArgumentError("input.tokens must be null on a stage without embeddings (layers start at " +
+                                 std::to_string(spec.layerStart) + "; pass input.hidden)");
+    }
+    checkLinkEnd(spec, *request.inputLink, false, "input.hidden.link");
+    if (request.inputTokens < 1) {
+      throw InvalidArgumentError("input.hidden.tokenCount must be >= 1, got " + std::to_string(request.inputTokens));
     }
   } else {
     if (!request.tokens.empty()) {
@@ -200,6 +227,10 @@ void checkForwardRequest(const StageSpec& spec, const ForwardRequest& request) {
                                  " floats, which is not a positive multiple of hiddenSize " +
                                  std::to_string(spec.hiddenSize));
     }
+  }
+  if (request.outputLink) {
+    if (spec.hasHead) throw InvalidArgumentError("a stage with the head returns logits: it sends nothing over a link");
+    checkLinkEnd(spec, *request.outputLink, true, "output.link");
   }
   if (request.position < 0) {
     throw InvalidArgumentError("input.position must be >= 0, got " + std::to_string(request.position));

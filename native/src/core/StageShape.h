@@ -42,8 +42,8 @@ TensorRole tensorRole(const StageSpec& spec, const std::string& name);
 // Checks shape against the slot and the byte range against the buffer.
 void checkBinding(const TensorSlot& slot, const TensorBinding& binding);
 
-// Checks the input against the stage's shape: tokens xor hidden, lengths, token ids,
-// position and maxContext. Throws InvalidArgumentError.
+// Checks the input against the stage's shape: tokens xor hidden (or a link's input), lengths,
+// token ids, the links' ends and devices, position and maxContext. Throws InvalidArgumentError.
 void checkForwardRequest(const StageSpec& spec, const ForwardRequest& request);
 int64_t requestTokenCount(const StageSpec& spec, const ForwardRequest& request);
 

@@ -9,11 +9,13 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstring>
 #include <string>
 
 #include "core/Errors.h"
 #include "cuda/CudaCheck.h"
 #include "cuda/CudaStage.h"
+#include "cuda/NcclLink.h"
 
 namespace paraserve {
 
@@ -142,6 +144,26 @@ bool CudaBackend::peerAccess(int64_t from, int64_t to) {
 std::unique_ptr<Stage> CudaBackend::createStage(const StageSpec& spec) {
   requireDevice(spec.device);
   return std::make_unique<cuda::CudaStage>(spec);
+}
+
+std::vector<uint8_t> CudaBackend::linkUniqueId() {
+  ncclUniqueId id;
+  const ncclResult_t result = ncclGetUniqueId(&id);
+  if (result != ncclSuccess) throw NcclError(std::string("ncclGetUniqueId failed: ") + ncclGetErrorString(result));
+  const auto* bytes = reinterpret_cast<const uint8_t*>(id.internal);
+  return std::vector<uint8_t>(bytes, bytes + sizeof id.internal);
+}
+
+std::shared_ptr<StageLink> CudaBackend::openLink(int64_t device, const std::vector<uint8_t>& id, bool sends,
+                                                 double timeoutSeconds) {
+  requireDevice(device);
+  ncclUniqueId unique;
+  if (id.size() != sizeof unique.internal) {
+    throw InvalidArgumentError("a link id holds " + std::to_string(sizeof unique.internal) + " bytes, got " +
+                               std::to_string(id.size()));
+  }
+  std::memcpy(unique.internal, id.data(), sizeof unique.internal);
+  return std::make_shared<cuda::NcclLink>(static_cast<int>(device), unique, sends, timeoutSeconds);
 }
 
 namespace {

@@ -24,6 +24,15 @@ namespace {
 // Most tokens one pass runs through the stage; longer prompts run in several passes, so
 // attention scratch stays bounded (heads x chunk x context).
 constexpr int64_t kMaxPassTokens = 512;
+// How long a forward waits for its input to come over a link: the previous stage queued it
+// before telling this one, so only a broken link takes this long.
+constexpr double kLinkArrivalTimeoutSeconds = 60.0;
+
+NcclLink& ncclLinkOf(const std::shared_ptr<StageLink>& link) {
+  auto* nccl = dynamic_cast<NcclLink*>(link.get());
+  if (nccl == nullptr) throw InvalidArgumentError("the link is not an NCCL link of the CUDA backend");
+  return *nccl;
+}
 // Host-to-device copies are issued in pieces of this size: large enough to run at the
 // PCIe limit, small enough that the copy stream interleaves with other stages' copies.
 constexpr uint64_t kCopyChunkBytes = 32ull << 20;
@@ -334,6 +343,17 @@ std::vector<std::vector<float>> CudaStage::forwardBatch(const std::vector<Forwar
     throw InvalidArgumentError("the stage still lacks " + std::to_string(missing.size()) + " tensor(s), first " +
                                missing.front() + "; bind them before forward");
   }
+  // Inputs over links are taken (once landed) before the stage is locked: they may still be on
+  // their way.
+  LinkIO links;
+  links.arrivals.resize(requests.size());
+  links.sends.resize(requests.size());
+  for (size_t r = 0; r < requests.size(); ++r) {
+    const ForwardRequest& request = requests[r];
+    if (!request.inputLink) continue;
+    links.arrivals[r] = ncclLinkOf(request.inputLink)
+                            .take(request.inputTag, request.inputTokens * spec_.hiddenSize, kLinkArrivalTimeoutSeconds);
+  }
   std::lock_guard<std::mutex> lock(mutex_);
   useDevice(device_);
   freeReleasedSequences();
@@ -348,7 +368,26 @@ std::vector<std::vector<float>> CudaStage::forwardBatch(const std::vector<Forwar
   }
   std::vector<std::vector<float>> outputs(requests.size());
   try {
-    for (const std::vector<Segment>& pass : planPasses(requests)) runPass(requests, pass, outputs);
+    bool linked = false;
+    for (size_t r = 0; r < requests.size(); ++r) {
+      linked = linked || requests[r].inputLink || requests[r].outputLink;
+      if (!requests[r].outputLink) continue;
+      const uint64_t bytes = static_cast<uint64_t>(requestTokenCount(spec_, requests[r]) * spec_.hiddenSize) * sizeof(float);
+      links.sends[r] = DeviceBuffer(bytes, "activation for the next stage", compute_);
+    }
+    for (const std::vector<Segment>& pass : planPasses(requests)) runPass(requests, pass, links, outputs);
+    for (size_t r = 0; r < requests.size(); ++r) {
+      if (!requests[r].outputLink) continue;
+      cudaEvent_t ready = nullptr;
+      check(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming), "cudaEventCreate (activation)");
+      const cudaError_t recorded = cudaEventRecord(ready, compute_);
+      if (recorded != cudaSuccess) cudaEventDestroy(ready);
+      check(recorded, "cudaEventRecord (activation)");
+      const auto floats = static_cast<int64_t>(links.sends[r].bytes() / sizeof(float));
+      ncclLinkOf(requests[r].outputLink).send(requests[r].outputTag, std::move(links.sends[r]), floats, ready);
+    }
+    // The arrivals' memory is freed on return: the passes reading it must be done.
+    if (linked) check(cudaStreamSynchronize(compute_), "forward (over links)");
   } catch (...) {
     cudaStreamSynchronize(compute_);
     cudaGetLastError();
@@ -617,8 +656,9 @@ void CudaStage::launchDecodeGraph(const ForwardRequest& request, Sequence& seque
 }
 
 void CudaStage::runPass(const std::vector<ForwardRequest>& requests, const std::vector<Segment>& segments,
-                        std::vector<std::vector<float>>& outputs) {
+                        LinkIO& links, std::vector<std::vector<float>>& outputs) {
   const int64_t hidden = spec_.hiddenSize;
+  const uint64_t rowBytes = static_cast<uint64_t>(hidden) * sizeof(float);
   const int64_t segmentCount = static_cast<int64_t>(segments.size());
   int64_t tokens = 0;
   int64_t maxAttention = 0;
@@ -644,10 +684,17 @@ void CudaStage::runPass(const std::vector<ForwardRequest>& requests, const std::
   } else {
     int64_t row = 0;
     for (const Segment& segment : segments) {
-      const float* rows = requests[segment.request].hidden.data() + segment.offset * hidden;
-      check(cudaMemcpyAsync(buffers.x + row * hidden, rows, segment.count * hidden * sizeof(float),
-                            cudaMemcpyHostToDevice, compute_),
-            "cudaMemcpyAsync (hidden states)");
+      const LinkArrival* arrival = links.arrivals[segment.request].get();
+      if (arrival != nullptr) {
+        check(cudaMemcpyAsync(buffers.x + row * hidden, arrival->rows.data() + segment.offset * rowBytes,
+                              segment.count * rowBytes, cudaMemcpyDeviceToDevice, compute_),
+              "cudaMemcpyAsync (hidden states from the link)");
+      } else {
+        const float* rows = requests[segment.request].hidden.data() + segment.offset * hidden;
+        check(cudaMemcpyAsync(buffers.x + row * hidden, rows, segment.count * rowBytes, cudaMemcpyHostToDevice,
+                              compute_),
+              "cudaMemcpyAsync (hidden states)");
+      }
       row += segment.count;
     }
   }
@@ -676,15 +723,33 @@ void CudaStage::runPass(const std::vector<ForwardRequest>& requests, const std::
       outputs[segments[static_cast<size_t>(s)].request].assign(begin, begin + spec_.vocabSize);
     }
   } else {
-    std::vector<float> host(static_cast<size_t>(tokens * hidden));
-    check(cudaMemcpyAsync(host.data(), buffers.x, host.size() * sizeof(float), cudaMemcpyDeviceToHost, compute_),
-          "cudaMemcpyAsync (hidden states out)");
-    check(cudaStreamSynchronize(compute_), "forward (hidden states)");
+    // Rows bound for a link gather on the device; the others come back to the host.
+    bool toHost = false;
     int64_t row = 0;
     for (const Segment& segment : segments) {
-      std::vector<float>& out = outputs[segment.request];
-      out.insert(out.end(), host.begin() + row * hidden, host.begin() + (row + segment.count) * hidden);
+      DeviceBuffer& send = links.sends[segment.request];
+      if (send.data() != nullptr) {
+        check(cudaMemcpyAsync(send.data() + segment.offset * rowBytes, buffers.x + row * hidden,
+                              segment.count * rowBytes, cudaMemcpyDeviceToDevice, compute_),
+              "cudaMemcpyAsync (hidden states for the link)");
+      } else {
+        toHost = true;
+      }
       row += segment.count;
+    }
+    if (toHost) {
+      std::vector<float> host(static_cast<size_t>(tokens * hidden));
+      check(cudaMemcpyAsync(host.data(), buffers.x, host.size() * sizeof(float), cudaMemcpyDeviceToHost, compute_),
+            "cudaMemcpyAsync (hidden states out)");
+      check(cudaStreamSynchronize(compute_), "forward (hidden states)");
+      row = 0;
+      for (const Segment& segment : segments) {
+        if (links.sends[segment.request].data() == nullptr) {
+          std::vector<float>& out = outputs[segment.request];
+          out.insert(out.end(), host.begin() + row * hidden, host.begin() + (row + segment.count) * hidden);
+        }
+        row += segment.count;
+      }
     }
   }
   for (const Segment& segment : segments) {

@@ -24,6 +24,7 @@
 #include "core/Backend.h"
 #include "core/StageShape.h"
 #include "cuda/CudaCheck.h"
+#include "cuda/NcclLink.h"
 
 namespace paraserve::cuda {
 
@@ -119,12 +120,19 @@ class CudaStage final : public Stage {
     }
   };
 
+  // Per request of a forward: the hidden states that came over its input link, and the
+  // device buffer its output rows gather in before they go over its output link.
+  struct LinkIO {
+    std::vector<std::unique_ptr<LinkArrival>> arrivals;
+    std::vector<DeviceBuffer> sends;
+  };
+
   Destination destinationFor(const std::string& name);
   void releaseLandedHostBuffers();
   void freeSequence(int64_t sequence);
   void freeReleasedSequences();
   std::vector<std::vector<Segment>> planPasses(const std::vector<ForwardRequest>& requests) const;
-  void runPass(const std::vector<ForwardRequest>& requests, const std::vector<Segment>& segments,
+  void runPass(const std::vector<ForwardRequest>& requests, const std::vector<Segment>& segments, LinkIO& links,
                std::vector<std::vector<float>>& outputs);
   PassBuffers carvePass(int64_t tokens, int64_t segmentCount, int64_t maxAttention);
   // Everything of a pass from the embedding (or the uploaded hidden states) to the logits
