@@ -82,6 +82,7 @@ interface WorkerView {
 
 interface TraceReply {
   path: { kind: string; degree: number; instanceId: string; workers?: string[]; consolidated?: boolean } | null;
+  loads: { instanceId: string; stages: { linkToNext: boolean | null }[] }[];
   timings: {
     loadMs: number | null;
     fetchMs: number | null;
@@ -232,6 +233,12 @@ async function main(): Promise<void> {
   }
 
   const baseline = runs[0]!;
+  // Hops whose activations went over a device link (NCCL), of the pipeline's k − 1.
+  const linkCell = (r: Run): string => {
+    if (r.k === 1) return '-';
+    const stages = r.trace.loads.find((l) => l.instanceId === r.trace.path?.instanceId)?.stages ?? [];
+    return `${stages.filter((s) => s.linkToNext === true).length}/${r.k - 1}`;
+  };
   const fmt = (v: number | null, digits = 0): string => (v === null ? '-' : v.toFixed(digits));
   const mb = (bytes: number): string => `${(bytes / 1e6).toFixed(2)} MB`;
   console.log(
@@ -240,7 +247,8 @@ async function main(): Promise<void> {
       `${os.cpus().length} CPUs (${os.cpus()[0]?.model})`,
   );
   console.log('baseline: 1 worker, whole model, --no-load-overlap (fetch every byte, then runtime init, then copy into the stage)');
-  const header = ['config', 'TTFT ms', 'floor ms', 'TTFT/floor', 'stage floor ms', 'vs baseline', 'load ms', 'fetch ms', 'init ms', 'copy ms', 'prefill ms', 'consolidated ms', 'warm TTFT ms', 'warm ms/tok', 'meas. MB/s', 'all TTFT ms'];
+  console.log('links: pipeline hops whose activations went over a device link (NCCL), of k − 1; the others went in gRPC messages');
+  const header = ['config', 'TTFT ms', 'floor ms', 'TTFT/floor', 'stage floor ms', 'vs baseline', 'load ms', 'fetch ms', 'init ms', 'copy ms', 'prefill ms', 'links', 'consolidated ms', 'warm TTFT ms', 'warm ms/tok', 'meas. MB/s', 'all TTFT ms'];
   console.log(header.map((h, i) => (i === 0 ? h.padEnd(10) : h.padStart(h.length + 1))).join(''));
   for (const r of runs) {
     const floorMs = (modelBytes / (r.k * BANDWIDTH)) * 1000;
@@ -257,6 +265,7 @@ async function main(): Promise<void> {
       fmt(t.initMs),
       fmt(t.copyMs),
       fmt(t.prefillMs, 1),
+      linkCell(r),
       fmt(r.consolidatedAfterMs),
       fmt(r.warmTtftMs, 1),
       fmt(r.warmPerTokenMs, 2),

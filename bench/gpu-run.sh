@@ -2,11 +2,13 @@
 # Sessions on the GPU machine (see ../shared/device/README.md for carrying Node.js there), in
 # steps, default all but coldstart:
 #   test      build the CUDA backend, run the GPU tests against transformers (npm run test:gpu)
+#   links     the NCCL link tests alone (test/gpu/cuda-links.test.ts; two GPUs, else they skip)
 #   bench     issue 3's benchmarks (bench/gpu-model.ts), transformers' speed as the baseline
 #   serve     `paraserve up` serves a completion from the GPU
 #   suite     the integration tests (real processes) with the CUDA build
 #   sharing   GPU sharing under a bursty load vs no swapping (bench/gpu-sharing.ts)
-#   coldstart cold start by pipeline degree on a 7B shape, one worker per GPU (bench/coldstart.ts)
+#   coldstart cold start by pipeline degree on a 7B shape, one worker per GPU (bench/coldstart.ts;
+#             degrees from COLDSTART_DEGREES, default 1,2,4)
 # Logs and JSON results go to $OUT (or ./gpu-out). Exit status 1 when a step failed.
 set -uo pipefail
 out="${OUT:-gpu-out}"
@@ -26,6 +28,9 @@ for step in $steps; do
     test)
       node scripts/test-gpu.mjs > "$out/test-gpu.log" 2>&1 || fail test
       grep -E "^(ok|not ok)|passed|failed" "$out/test-gpu.log" | tail -8 ;;
+    links)
+      npx tap test/gpu/cuda-links.test.ts > "$out/links.log" 2>&1 || fail links
+      grep -E "^ *(ok|not ok)|# |passed|failed" "$out/links.log" | tail -40 ;;
     bench)
       model llama-7b f16 && model llama-8b bf16
       python3 scripts/reference/hf_speed.py "$scratch/llama-7b" 128 1000 > "$out/hf-speed-7b.json" 2> "$out/hf-speed.log" || fail hf-speed
@@ -54,7 +59,7 @@ for step in $steps; do
       tail -6 "$out/gpu-sharing.log" ;;
     coldstart)
       gpus=$(nvidia-smi -L | wc -l)
-      node dist/bench/coldstart.js --preset llama-7b --fetch-bandwidth 10Gbit --degrees 1,2,4 --repeats 1 --gpus "$gpus" \
+      node dist/bench/coldstart.js --preset llama-7b --fetch-bandwidth 10Gbit --degrees "${COLDSTART_DEGREES:-1,2,4}" --repeats 1 --gpus "$gpus" \
         --worker-host-cache 20GiB --chunk-bytes 4194304 --store-processes 4 > "$out/coldstart.log" 2>&1 || fail coldstart
       tail -12 "$out/coldstart.log" ;;
     *) fail "unknown step $step" ;;

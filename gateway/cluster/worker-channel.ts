@@ -3,6 +3,7 @@
 // (no FIN, no RST) fails its calls within seconds instead of hanging them.
 import * as grpc from '@grpc/grpc-js';
 import { loadParaserveProto } from '../../protos/load.js';
+import type { CreateLinkIdReply__Output } from '../../protos/generated/paraserve/v1/CreateLinkIdReply.js';
 import type { GenerateEvent__Output } from '../../protos/generated/paraserve/v1/GenerateEvent.js';
 import type { GenerateRequest } from '../../protos/generated/paraserve/v1/GenerateRequest.js';
 import type { HealthReply__Output } from '../../protos/generated/paraserve/v1/HealthReply.js';
@@ -68,6 +69,12 @@ export class WorkerChannel {
   /** Drops an instance's device copy (after its running requests); the host copy stays. */
   swapOut(instanceId: string, timeoutMs: number): Promise<SwapReply__Output> {
     return unary('SwapOut', timeoutMs, (options, done) => this.client.SwapOut({ instanceId }, options, done));
+  }
+
+  /** An id for a device link from a stage on this worker to the next stage; FAILED_PRECONDITION where it has none. */
+  async createLinkId(timeoutMs: number): Promise<Buffer> {
+    const reply = await unary<CreateLinkIdReply__Output>('CreateLinkId', timeoutMs, (options, done) => this.client.CreateLinkId({}, options, done));
+    return reply.uniqueId;
   }
 
   /** Lives as long as the worker does: no deadline; cancel() ends it. Keepalive detects loss. */

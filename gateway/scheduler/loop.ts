@@ -59,6 +59,7 @@ import { parseModelConfig } from '../../worker/models/config.js';
 import { readCheckpointTensors } from '../../worker/models/safetensors.js';
 import { openModelSource } from '../../worker/models/source.js';
 import { planStages, stageByteProfile, stageBytes, type StageByteProfile } from '../../worker/models/stage-plan.js';
+import { untilAborted } from '../../worker/daemon/until-aborted.js';
 import type { WorkerChannel } from '../cluster/worker-channel.js';
 import { COLD_START_DEFAULTS } from './coldstart.js';
 import { chooseConsolidationTarget, decide, withoutInstances, withoutWorkers } from './decide.js';
@@ -175,11 +176,23 @@ export interface LoopOptions {
 interface LoadEntry {
   loads: InFlightLoad[];
   done: Promise<void>;
+  /** The LoadStage calls; a pipeline's start once its link ids are in. */
   calls: ClientReadableStream<LoadProgress__Output>[];
+  /** Set when the load was called off: calls not started yet never start. */
+  cancelled: boolean;
   /** Why it has its shape, and each stage's phases as its worker reports them (shared by the traces of every request waiting on it). */
   coldStart: ColdStartExplanation;
   stages: StageLoadTrace[];
 }
+
+/** Calls a load off: its calls are cancelled, and those not started yet never start. */
+function cancelLoad(entry: LoadEntry): void {
+  entry.cancelled = true;
+  for (const call of entry.calls) call.cancel();
+}
+
+/** How long a pipeline's start waits for a worker to make a device link id. */
+const LINK_ID_TIMEOUT_MS = 5_000;
 
 /** Largest degree the cold-start policy considers (capped again by layers and READY workers). */
 export const MAX_COLD_START_DEGREE = 8;
@@ -297,24 +310,6 @@ function retryable(e: unknown): boolean {
   return isServiceError(e) && (e.code === GrpcStatus.UNAVAILABLE || e.code === GrpcStatus.NOT_FOUND || e.code === GrpcStatus.FAILED_PRECONDITION);
 }
 
-function abortable<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
-  if (signal.aborted) return Promise.reject(clientClosed());
-  return new Promise((resolve, reject) => {
-    const onAbort = (): void => reject(clientClosed());
-    signal.addEventListener('abort', onAbort, { once: true });
-    p.then(
-      (v) => {
-        signal.removeEventListener('abort', onAbort);
-        resolve(v);
-      },
-      (e: unknown) => {
-        signal.removeEventListener('abort', onAbort);
-        reject(e);
-      },
-    );
-  });
-}
-
 export class SchedulerLoop {
   private readonly loads = new Map<string, LoadEntry>();
   /** Instances of failed or consolidated pipelines, hidden from decide() until no worker lists them. */
@@ -399,8 +394,8 @@ export class SchedulerLoop {
     trace: RequestTracer,
     deadlineMs: number,
   ): Promise<{ workerId: string; instanceId: string }> {
-    const pipeline = await abortable(this.pipelinePlan(model), signal);
-    const coldStart = pipeline === null ? await abortable(this.coldStartRequest(model), signal) : null;
+    const pipeline = await untilAborted(this.pipelinePlan(model), signal, clientClosed);
+    const coldStart = pipeline === null ? await untilAborted(this.coldStartRequest(model), signal, clientClosed) : null;
     const request: ScheduleRequest = { model: model.name, modelBytes: this.footprintOf(model), range: model.range, pipeline, coldStart };
     const excluded = new Set<string>();
     /** The last load that died with its worker; once set, waits end at the deadline. */
@@ -463,7 +458,7 @@ export class SchedulerLoop {
           if (e.error.code !== 'worker_busy' || roomRetries >= MAX_ROOM_RETRIES || leftMs < MIN_REPLACE_MS) throw e.error;
           roomRetries += 1;
           trace.decided(`${e.message}; the worker had no room after all: deciding again (${roomRetries} of ${MAX_ROOM_RETRIES})`);
-          await abortable(delay(ROOM_RETRY_DELAY_MS * roomRetries), signal);
+          await untilAborted(delay(ROOM_RETRY_DELAY_MS * roomRetries), signal, clientClosed);
           continue;
         }
         trace.attemptFailed({ instanceId: action.kind === 'reject' ? '' : action.instanceId, workerId: e.workerId, reason: e.message, atMs: Date.now() });
@@ -513,7 +508,7 @@ export class SchedulerLoop {
   ): Promise<SchedulerAction | 'again' | null> {
     const leavingCopies = [...this.leaving.values()].filter((e) => e.model === model.name);
     if (leavingCopies.length > 0) {
-      await abortable(Promise.all(leavingCopies.map((e) => e.confirmed)), signal);
+      await untilAborted(Promise.all(leavingCopies.map((e) => e.confirmed)), signal, clientClosed);
       return 'again';
     }
     const now = Date.now();
@@ -560,7 +555,7 @@ export class SchedulerLoop {
       case 'cold-start':
         if (route.evictions.length > 0) {
           trace.decided(`making room for a cold start: swapping out ${route.evictions.map((e) => e.instanceId).join(', ')}`);
-          await abortable(this.evict(route.evictions), signal);
+          await untilAborted(this.evict(route.evictions), signal, clientClosed);
         }
         return null;
       case 'no-room':
@@ -723,7 +718,7 @@ export class SchedulerLoop {
       timer = setTimeout(() => reject(gatewayTimeout(`the swap-in of ${entry.swap.instanceId} did not finish before the request's deadline`)), Math.max(0, deadlineMs - started));
     });
     try {
-      await abortable(Promise.race([entry.done, expiry]), signal);
+      await untilAborted(Promise.race([entry.done, expiry]), signal, clientClosed);
     } catch (e) {
       if (!(e instanceof SwapFailedError)) throw e;
       this.swapFailed(e, trace, routing);
@@ -948,7 +943,7 @@ export class SchedulerLoop {
             timer = setTimeout(() => reject(deadline.error()), Math.max(0, deadline.atMs - Date.now()));
           });
     try {
-      await abortable(expiry === null ? entry.done : Promise.race([entry.done, expiry]), signal);
+      await untilAborted(expiry === null ? entry.done : Promise.race([entry.done, expiry]), signal, clientClosed);
     } finally {
       if (timer !== null) clearTimeout(timer);
       trace.waitedOnLoad(load, Date.now() - started);
@@ -1129,7 +1124,7 @@ export class SchedulerLoop {
       }
     }
     for (const entry of this.loads.values()) {
-      if (entry.loads[0]?.model === name) for (const call of entry.calls) call.cancel();
+      if (entry.loads[0]?.model === name) cancelLoad(entry);
     }
     for (const w of this.cluster.views()) {
       const channel = this.cluster.channel(w.id);
@@ -1149,7 +1144,7 @@ export class SchedulerLoop {
     this.unsubscribe();
     if (this.expiryTimer !== null) clearTimeout(this.expiryTimer);
     this.wakeAll();
-    for (const entry of this.loads.values()) for (const call of entry.calls) call.cancel();
+    for (const entry of this.loads.values()) cancelLoad(entry);
     for (const call of this.calls) call.cancel();
   }
 
@@ -1199,10 +1194,11 @@ export class SchedulerLoop {
       },
       this.opts.loadTimeoutMs,
     );
-    const stage: StageLoadTrace = { workerId: action.workerId, stageIndex: 0, spans: [], readyMs: null };
+    const stage: StageLoadTrace = { workerId: action.workerId, stageIndex: 0, spans: [], readyMs: null, linkToNext: null };
     return this.track(model, {
       loads: [load],
       calls: [call],
+      cancelled: false,
       done: this.loadSettled(call, `model '${model.name}' on worker ${action.workerId}`, action.workerId, stage),
       coldStart: action.coldStart,
       stages: [stage],
@@ -1210,9 +1206,32 @@ export class SchedulerLoop {
   }
 
   /**
-   * Starts LoadStage on every stage of a pipeline at once, each told all stages' addresses.
-   * The entry is done when all are READY; if one fails, the others are cancelled and the
-   * stages that did load are unloaded (best effort), so no half pipeline stays behind.
+   * Ids for the device links between a pipeline's adjacent stages, each made by the worker of
+   * the stage that sends (the process that makes an id coordinates the link's setup); null for
+   * a hop whose worker has no links (CPU backend) or did not answer in time — that hop's
+   * activations go over gRPC. Never rejects.
+   */
+  private linkIds(channels: readonly WorkerChannel[], workerIds: readonly string[]): Promise<(Buffer | null)[]> {
+    return Promise.all(
+      channels.slice(0, -1).map((channel, index) =>
+        channel.createLinkId(LINK_ID_TIMEOUT_MS).then(
+          (id) => id,
+          (e: unknown) => {
+            if (!isServiceError(e) || e.code !== GrpcStatus.FAILED_PRECONDITION) {
+              this.log.warn({ worker: workerIds[index], err: describe(e) }, 'no device link id: the hop goes over gRPC');
+            }
+            return null;
+          },
+        ),
+      ),
+    );
+  }
+
+  /**
+   * Starts LoadStage on every stage of a pipeline at once, each told all stages' addresses and
+   * the ids of its device links, once the sending workers made them (one round trip). The
+   * entry is done when all are READY; if one fails, the others are cancelled and the stages
+   * that did load are unloaded (best effort), so no half pipeline stays behind.
    */
   private startPipelineLoad(model: LoadableModel, action: Extract<SchedulerAction, { kind: 'load-pipeline-then-run' }>): LoadEntry {
     const channels: WorkerChannel[] = [];
@@ -1234,26 +1253,49 @@ export class SchedulerLoop {
       status: 'loading',
       pipelineStage: { index, count },
     }));
-    const calls = action.stages.map((stage, index) =>
-      channels[index]!.loadStage(
-        {
-          instanceId: action.instanceId,
-          model: model.name,
-          source: { uri: model.source, files: model.files },
-          configJson: model.configJson,
-          stage: { ...stage.range, stageIndex: index, stageCount: count },
-          device: stage.device,
-          maxContext: model.maxContext,
-          peers,
-        },
-        this.opts.loadTimeoutMs,
-      ),
-    );
-    const stages: StageLoadTrace[] = action.stages.map((s, stageIndex) => ({ workerId: s.workerId, stageIndex, spans: [], readyMs: null }));
-    const settled = calls.map((call, index) =>
-      this.loadSettled(call, `stage ${index} of model '${model.name}' on worker ${action.stages[index]!.workerId}`, action.stages[index]!.workerId, stages[index]!),
-    );
-    const done = Promise.all(settled).then(
+    const stages: StageLoadTrace[] = action.stages.map((s, stageIndex) => ({ workerId: s.workerId, stageIndex, spans: [], readyMs: null, linkToNext: null }));
+    const calls: ClientReadableStream<LoadProgress__Output>[] = [];
+    const entry: LoadEntry = { loads, calls, done: Promise.resolve(), cancelled: false, coldStart: action.coldStart, stages };
+    const start = (linkIds: readonly (Buffer | null)[]): Promise<void> => {
+      if (entry.cancelled || this.closed) {
+        throw new LoadFailedError(serviceUnavailable(`loading model '${model.name}' was called off before it started`), action.stages[0]!.workerId, false);
+      }
+      for (const [index, stage] of action.stages.entries()) {
+        calls.push(
+          channels[index]!.loadStage(
+            {
+              instanceId: action.instanceId,
+              model: model.name,
+              source: { uri: model.source, files: model.files },
+              configJson: model.configJson,
+              stage: { ...stage.range, stageIndex: index, stageCount: count },
+              device: stage.device,
+              maxContext: model.maxContext,
+              peers,
+              linkIdFromPrevious: linkIds[index - 1] ?? Buffer.alloc(0),
+              linkIdToNext: linkIds[index] ?? Buffer.alloc(0),
+            },
+            this.opts.loadTimeoutMs,
+          ),
+        );
+      }
+      const settled = calls.map((call, index) =>
+        this.loadSettled(call, `stage ${index} of model '${model.name}' on worker ${action.stages[index]!.workerId}`, action.stages[index]!.workerId, stages[index]!),
+      );
+      return this.pipelineLoaded(action, channels, calls, settled);
+    };
+    entry.done = this.linkIds(channels, action.stages.map((s) => s.workerId)).then(start);
+    return this.track(model, entry);
+  }
+
+  /** Resolves when every stage is READY; on a failure, cancels and unloads the others, then rejects. */
+  private pipelineLoaded(
+    action: Extract<SchedulerAction, { kind: 'load-pipeline-then-run' }>,
+    channels: readonly WorkerChannel[],
+    calls: readonly ClientReadableStream<LoadProgress__Output>[],
+    settled: readonly Promise<void>[],
+  ): Promise<void> {
+    return Promise.all(settled).then(
       () => undefined,
       (e: unknown) => {
         // A stage may finish loading as its cancel arrives (a worker keeps what it loaded), so
@@ -1272,7 +1314,6 @@ export class SchedulerLoop {
         throw e;
       },
     );
-    return this.track(model, { loads, calls, done, coldStart: action.coldStart, stages });
   }
 
   /**
@@ -1291,7 +1332,7 @@ export class SchedulerLoop {
       let lastPhase = 'none';
       call.on('data', (p: LoadProgress__Output) => {
         lastPhase = p.phase;
-        recordProgress(trace, p.phase, p.elapsedMs);
+        recordProgress(trace, p);
       });
       // grpc-js may also emit 'end' after 'error'; the error (possibly confirmed later) decides.
       let failed = false;

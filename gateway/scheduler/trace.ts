@@ -11,6 +11,7 @@
 // evicted to make room) and their time as the `swap_in` phase; one that waited for a busy
 // instance's batch slot is `warm` with `waited`. Waiting in the gateway's queue for room or a
 // slot is part of `queue`.
+import type { LoadProgress__Output } from '../../protos/generated/paraserve/v1/LoadProgress.js';
 import type { ColdStartExplanation } from './types.js';
 
 export type LoadPhaseName = 'FETCH' | 'COPY' | 'INIT';
@@ -30,6 +31,11 @@ export interface StageLoadTrace {
   spans: PhaseSpan[];
   /** When the worker reported READY (ms since the call arrived); null until then. */
   readyMs: number | null;
+  /**
+   * Whether the stage's activations go to the next stage over a device link (NCCL) rather than
+   * in gRPC messages, as its READY said; null until then.
+   */
+  linkToNext: boolean | null;
 }
 
 /** A load a request waited on (started by it or joined). */
@@ -159,9 +165,11 @@ export interface RequestTrace {
  * report to its last. Workers overlap fetch, init and copy, so reports of different phases
  * interleave and a phase does not end where another reports.
  */
-export function recordProgress(stage: StageLoadTrace, phase: string, elapsedMs: number): void {
+export function recordProgress(stage: StageLoadTrace, progress: Pick<LoadProgress__Output, 'phase' | 'elapsedMs' | 'linkToNext'>): void {
+  const { phase, elapsedMs } = progress;
   if (phase === 'READY') {
     stage.readyMs = elapsedMs;
+    stage.linkToNext = progress.linkToNext;
     return;
   }
   if (phase !== 'FETCH' && phase !== 'COPY' && phase !== 'INIT') return;
@@ -344,7 +352,8 @@ function token(value: string): string {
 /**
  * `warm;k=1;instance=m@w0#0;worker=w0[;consolidated][;waited]`,
  * `swap;from=host|peer;instance=…;worker=w0[;moved][;joined][;evicted=a,b]` or
- * `cold;k=2;workers=w0,w1;instance=…;predicted_ms=…;slo_ms=…`.
+ * `cold;k=2;workers=w0,w1;instance=…[;links=1/1];predicted_ms=…;slo_ms=…` (links: the hops whose
+ * activations go over a device link, of the pipeline's k − 1, once every stage is READY).
  */
 export function pathHeader(trace: RequestTrace): string | null {
   const p = trace.path;
@@ -361,6 +370,10 @@ export function pathHeader(trace: RequestTrace): string | null {
   }
   const parts = [`cold`, `k=${p.degree}`, `workers=${p.workers.map(token).join(',')}`, `instance=${token(p.instanceId)}`];
   if (p.joined) parts.push('joined');
+  const stages = trace.loads.find((l) => l.instanceId === p.instanceId)?.stages ?? [];
+  if (p.degree > 1 && stages.length === p.degree && stages.every((s) => s.linkToNext !== null)) {
+    parts.push(`links=${stages.filter((s) => s.linkToNext === true).length}/${p.degree - 1}`);
+  }
   if (p.predictedTtftMs !== null) parts.push(`predicted_ms=${Math.round(p.predictedTtftMs)}`);
   if (p.sloMs !== null) parts.push(`slo_ms=${p.sloMs}`);
   return parts.join(';');

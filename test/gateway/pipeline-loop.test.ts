@@ -2,12 +2,16 @@
 // in-process CPU workers: a stage that cannot load fails the request with a 503 and the stage
 // that did load is unloaded (no half pipeline stays behind); with two healthy workers the
 // request is served by a 2-stage pipeline, one stage per worker, and later requests reuse it
-// (consolidation off here: consolidation-loop.test.ts covers it).
+// (consolidation off here: consolidation-loop.test.ts covers it). On workers with device links
+// (loopback links over the CPU addon), the gateway gets the link id from the sending stage's
+// worker and passes it to both stages, and every step's activations cross over the link.
 // Skipped where the native addon is not built.
 import type { AddressInfo } from 'node:net';
 import OpenAI from 'openai';
 import t from 'tap';
 import { MODEL, registerTiny, testApp } from './fixtures/helpers.js';
+import { loadNativeAddon } from '../../worker/native/addon.js';
+import { LoopbackLinks } from '../worker/fixtures/loopback-links.js';
 import { addonError, realWorker, until } from './fixtures/real-workers.js';
 
 t.test('pipelined cold start through the scheduler loop', { skip: addonError ?? false }, async (t) => {
@@ -42,6 +46,7 @@ t.test('pipelined cold start through the scheduler loop', { skip: addonError ?? 
     .withResponse();
   t.ok((first.usage?.completion_tokens ?? 0) >= 1, 'served through the pipeline');
   t.match(response.headers.get('x-paraserve-path'), /^cold;k=2;workers=(a-ok,b-ok|b-ok,a-ok);instance=tiny@/, 'the path names both stages\' workers');
+  t.match(response.headers.get('x-paraserve-path'), /;links=0\/1(;|$)/, 'CPU workers have no device links: the hop went over gRPC');
   t.match(response.headers.get('x-paraserve-timing'), /load;dur=.*fetch;dur=/);
   const stages = app.cluster
     .views()
@@ -53,4 +58,26 @@ t.test('pipelined cold start through the scheduler loop', { skip: addonError ?? 
   const again = await ask();
   t.equal(again.choices[0]?.message.content, first.choices[0]?.message.content, 'greedy through the pipeline is deterministic');
   t.equal(app.cluster.views().flatMap((w) => w.instances.filter((i) => i.model === MODEL)).length, 2, 'the second request reused the pipeline');
+});
+
+t.test('a pipelined cold start on workers with device links sends its activations over them', { skip: addonError ?? false }, async (t) => {
+  const app = await testApp(t, { requestTimeoutMs: 60_000, forcedPipelineDegree: 2, consolidate: false });
+  await registerTiny(app);
+  await app.listen({ host: '127.0.0.1', port: 0 });
+  const url = `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`;
+  const openai = new OpenAI({ baseURL: `${url}/v1`, apiKey: 'unused', maxRetries: 0 });
+  const links = new LoopbackLinks(loadNativeAddon());
+  for (const id of ['a-linked', 'b-linked']) {
+    const w = await realWorker(app, url, id, {}, links.addon());
+    t.teardown(() => w.close());
+  }
+  const { data, response } = await openai.chat.completions
+    .create({ model: MODEL, messages: [{ role: 'user', content: 'hello' }], max_tokens: 8, temperature: 0 })
+    .withResponse();
+  t.match(response.headers.get('x-paraserve-path'), /^cold;k=2;.*;links=1\/1(;|$)/, 'the path says the hop went over a device link');
+  const generated = data.usage?.completion_tokens ?? 0;
+  t.ok(generated >= 1, 'served through the pipeline');
+  t.equal(links.opened, 2, 'both ends of the one hop opened, from the id the gateway passed');
+  t.equal(links.sent, generated, 'one activation over the link per step');
+  t.equal(links.taken, links.sent);
 });

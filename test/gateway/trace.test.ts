@@ -16,9 +16,13 @@ const explanation: ColdStartExplanation = {
 };
 
 t.test('recordProgress: each phase spans its first to its last report, interleaved or not', async (t) => {
-  const stage: StageLoadTrace = { workerId: 'w0', stageIndex: 0, spans: [], readyMs: null };
+  const stage: StageLoadTrace = { workerId: 'w0', stageIndex: 0, spans: [], readyMs: null, linkToNext: null };
   const reports = [['FETCH', 1], ['INIT', 2], ['FETCH', 5], ['INIT', 9], ['COPY', 20], ['FETCH', 40], ['COPY', 75], ['READY', 80]] as const;
-  for (const [phase, ms] of reports) recordProgress(stage, phase, ms);
+  for (const [phase, ms] of reports) {
+    recordProgress(stage, { phase, elapsedMs: ms, linkToNext: phase === 'READY' });
+    if (phase !== 'READY') t.equal(stage.linkToNext, null, 'link use is known only at READY');
+  }
+  t.equal(stage.linkToNext, true);
   t.same(stage.spans, [
     { phase: 'FETCH', startMs: 1, endMs: 40 },
     { phase: 'INIT', startMs: 2, endMs: 9 },
@@ -33,8 +37,8 @@ t.test('recordProgress: each phase spans its first to its last report, interleav
 t.test('a cold request: path and timing headers, load phases the longest over stages', async (t) => {
   const tracer = new RequestTracer('req-1', 'm', 1_000);
   const stages: StageLoadTrace[] = [
-    { workerId: 'w0', stageIndex: 0, spans: [{ phase: 'FETCH', startMs: 0, endMs: 100 }], readyMs: 120 },
-    { workerId: 'w 1', stageIndex: 1, spans: [{ phase: 'FETCH', startMs: 0, endMs: 150 }, { phase: 'INIT', startMs: 150, endMs: 160 }], readyMs: 170 },
+    { workerId: 'w0', stageIndex: 0, spans: [{ phase: 'FETCH', startMs: 0, endMs: 100 }], readyMs: 120, linkToNext: true },
+    { workerId: 'w 1', stageIndex: 1, spans: [{ phase: 'FETCH', startMs: 0, endMs: 150 }, { phase: 'INIT', startMs: 150, endMs: 160 }], readyMs: 170, linkToNext: false },
   ];
   tracer.decided('cold: degree 2');
   tracer.waitedOnLoad({ instanceId: 'm@w0#0', joined: false, coldStart: { ...explanation, prediction: { totalMs: 412.4 } as ColdStartExplanation['prediction'] }, stages }, 200);
@@ -43,7 +47,7 @@ t.test('a cold request: path and timing headers, load phases the longest over st
   tracer.finished(0.5, 12, 30);
   const trace = tracer.snapshot();
   t.match(trace.path, { kind: 'cold', degree: 2, workers: ['w0', 'w 1'], predictedTtftMs: 412.4, sloMs: 500, joined: false });
-  t.equal(pathHeader(trace), 'cold;k=2;workers=w0,w%201;instance=m@w0#0;predicted_ms=412;slo_ms=500');
+  t.equal(pathHeader(trace), 'cold;k=2;workers=w0,w%201;instance=m@w0#0;links=1/1;predicted_ms=412;slo_ms=500', 'one hop of one over a device link');
   t.match(trace.timings, { queueMs: 10, loadMs: 200, fetchMs: 150, initMs: 10, copyMs: null, firstTokenMs: 230, prefillMs: 12, decodeMs: 30 });
   t.equal(timingHeader(trace, true), 'queue;dur=10, load;dur=200, fetch;dur=150, init;dur=10, first_token;dur=230');
   t.equal(timingHeader(trace, false), 'queue;dur=10, load;dur=200, fetch;dur=150, init;dur=10, first_token;dur=230, prefill;dur=12, decode;dur=30');
@@ -52,6 +56,8 @@ t.test('a cold request: path and timing headers, load phases the longest over st
   t.match(tracer.snapshot(), { status: 'ok', error: null, timings: { totalMs: 300 } });
   stages[0]!.readyMs = 999;
   t.equal(trace.loads[0]?.stages[0]?.readyMs, 120, 'a snapshot is a copy');
+  stages[1]!.linkToNext = null;
+  t.equal(pathHeader(tracer.snapshot()), 'cold;k=2;workers=w0,w%201;instance=m@w0#0;predicted_ms=412;slo_ms=500', 'no link count before every stage is READY');
 });
 
 t.test('a warm request has no load part', async (t) => {

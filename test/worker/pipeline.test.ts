@@ -22,6 +22,7 @@ import {
   loadRequest,
   loadStage,
   makeModel,
+  pipelineRanges,
   tempDir,
   tokensOf,
   unary,
@@ -62,15 +63,7 @@ t.teardown(async () => {
 });
 
 function ranges(k: number): StageRange[] {
-  const per = NUM_LAYERS / k;
-  return Array.from({ length: k }, (_, i) => ({
-    layerStart: i * per,
-    layerEnd: (i + 1) * per,
-    hasEmbeddings: i === 0,
-    hasHead: i === k - 1,
-    stageIndex: i,
-    stageCount: k,
-  }));
+  return pipelineRanges(NUM_LAYERS, k);
 }
 
 /** Loads a k-stage pipeline `instanceId` onto workers 0..k-1; every stage must reach READY. */

@@ -5,7 +5,8 @@
 // Fetch runs several ranged requests at once in layer order (fetch-plan.ts lays them out).
 // With overlap (issue 4, the default), three things run from t=0: the fetch; runtime init
 // (prepareDevice's context creation, then createStage: weights and KV cache space — on the
-// CPU backend, allocation); and the copy, which binds each tensor from the host buffer as
+// CPU backend, allocation — and a pipeline stage's device links to its neighbours, links.ts);
+// and the copy, which binds each tensor from the host buffer as
 // soon as init is done and every range holding its bytes has landed and been verified, in
 // layer order, while later layers are still fetching. Without overlap
 // the phases run one after the other (fetch, init, copy), the baseline a plain serverless
@@ -47,7 +48,9 @@ import {
 } from './fetch-plan.js';
 import { sha256Off } from './chunk-hasher.js';
 import { allocateHostCopy, releaseNative } from './host-cache.js';
+import { openStageLinks, NO_LINKS } from './links.js';
 import { contentKeyOf, localCopies } from './local-copies.js';
+import { untilAborted } from './until-aborted.js';
 import { chooseDevice, estimateWeightBytes } from './memory.js';
 import type { HostTensor, InstanceRecord, WorkerState } from './state.js';
 import { attachStage, checkRoom, swapIn, swapSettled } from './swap.js';
@@ -182,8 +185,8 @@ export async function loadStage(
 ): Promise<void> {
   const arrived = performance.now();
   const elapsed = (): number => performance.now() - arrived;
-  const report = (phase: LoadPhase, bytesDone: number, bytesTotal: number): void =>
-    progress({ phase, bytesDone, bytesTotal, elapsedMs: elapsed() });
+  const report = (phase: LoadPhase, bytesDone: number, bytesTotal: number, linkToNext = false): void =>
+    progress({ phase, bytesDone, bytesTotal, elapsedMs: elapsed(), linkToNext });
 
   if (request.instanceId === '') throw invalid('instance_id is empty');
   const existing = deps.state.instance(request.instanceId);
@@ -198,7 +201,7 @@ export async function loadStage(
       deps.state.assertAccepting();
       await swapIn(deps, existing.id, request.device);
     }
-    report('READY', existing.hostBytes, existing.hostBytes);
+    report('READY', existing.hostBytes, existing.hostBytes, existing.links.toNext !== null);
     return;
   }
   deps.state.assertAccepting();
@@ -240,6 +243,7 @@ export async function loadStage(
     hostTensors: [],
     weightBytes: 0,
     runner: null,
+    links: NO_LINKS,
     measureDeviceBytes: null,
     transition: null,
     swappingOut: false,
@@ -282,8 +286,10 @@ export async function loadStage(
     phase('INIT', false);
     report('INIT', 0, 1);
     await deps.addon.prepareDevice(deps.backend, device);
+    const links = openStageLinks(deps.addon, deps.backend, device, request, log, loadSignal);
     await reserved;
     record.nativeStage = deps.addon.createStage(stageSpec);
+    record.links = await untilAborted(links, loadSignal);
     phase('INIT', true);
     report('INIT', 1, 1);
     return record.nativeStage;
@@ -364,7 +370,7 @@ export async function loadStage(
     record.weightBytes = record.deviceBytes;
     record.lastUsedMs = Date.now();
     phase('READY', true);
-    report('READY', plan.fetchBytes, plan.fetchBytes);
+    report('READY', plan.fetchBytes, plan.fetchBytes, record.links.toNext !== null);
     log.info({ elapsedMs: Math.round(elapsed()), hostBytes: record.hostBytes, deviceBytes: record.deviceBytes }, 'load ready');
     settle(null);
   } catch (e) {

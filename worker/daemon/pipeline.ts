@@ -1,8 +1,11 @@
-// Pipeline execution where NCCL is missing (CPU backend, CI): a model split into k stages on k
-// workers, activations flowing stage i → i+1 over one ForwardActivations stream per request
-// and per link. Design (the issue's "one sampling code path"):
+// Pipeline execution: a model split into k stages on k workers, one ForwardActivations stream
+// per request and per hop carrying each step downstream. The hidden states go over the hop's
+// device link (NCCL, links.ts) where both stages opened it — the message then carries only
+// their tag — and in the message itself otherwise (CPU backend, CI, a link that did not open).
+// Design (the issue's "one sampling code path"):
 //   - stage 0 takes Generate from the gateway, embeds and runs its layers, and sends the hidden
-//     states (float32 little-endian) downstream; the first message carries the request;
+//     states (float32 little-endian, or over the link) downstream; the first message carries
+//     the request;
 //   - middle stages run their layers and pass the hidden states on, and relay replies back up;
 //   - the last stage runs the engine's own generate() loop (worker/engine/generator.ts) with a
 //     StageRunner whose forward() waits for the upstream hidden states of that step and runs
@@ -32,7 +35,9 @@ import {
   type StageRunner,
   type TokenSink,
 } from '../engine/generator.js';
+import type { ForwardInput, LinkInput, NativeAddon } from '../native/addon-types.js';
 import { toStatus, WorkerError } from './errors.js';
+import type { LinkTags } from './links.js';
 import { toGenerationRequest } from './requests.js';
 import type { InstanceRecord, WorkerState } from './state.js';
 
@@ -48,8 +53,11 @@ const LINK_OPTIONS: grpc.ChannelOptions = {
 };
 
 export interface PipelineDeps {
+  addon: Pick<NativeAddon, 'forwardToLink'>;
   state: WorkerState;
   logger: Logger;
+  /** Tags of the activations this worker sends over device links. */
+  linkTags: LinkTags;
   /** Peer addresses of each pipeline instance, by stage index (from LoadStage). */
   peers: PipelinePeers;
 }
@@ -109,6 +117,29 @@ export function decodeHidden(bytes: Uint8Array, tokenCount: number): Float32Arra
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   for (let i = 0; i < out.length; i++) out[i] = view.getFloat32(i * 4, true);
   return out;
+}
+
+/** A step's input hidden states: in the message, or on this stage's link under the message's tag. */
+function stepHidden(record: InstanceRecord, m: Activation__Output): Float32Array | LinkInput {
+  if (m.linkTag === 0) return decodeHidden(m.hidden, m.tokenCount);
+  const link = record.links.fromPrevious;
+  if (link === null) {
+    throw new WorkerError(status.FAILED_PRECONDITION, `instance ${record.id} (stage ${record.stage.stageIndex}) got an activation over a device link it does not have`);
+  }
+  return { link, tag: m.linkTag, tokenCount: m.tokenCount };
+}
+
+/**
+ * Runs a stage that is not the last on one step and hands its output on: over the link to the
+ * next stage where there is one (queued before this resolves, so the message that names its
+ * tag never overtakes it), else as the message's bytes.
+ */
+async function forwardDownstream(deps: PipelineDeps, record: InstanceRecord, input: ForwardInput): Promise<Pick<Activation, 'hidden' | 'linkTag'>> {
+  const link = record.links.toNext;
+  if (link === null) return { hidden: encodeHidden(await record.runner!.forward(input)) };
+  const tag = deps.linkTags.next();
+  await deps.addon.forwardToLink(record.nativeStage!, input, { link, tag });
+  return { linkTag: tag };
 }
 
 /** Messages of a stream, awaited one at a time; null once it ended or the signal aborted. */
@@ -258,13 +289,14 @@ export function runPipelineGenerate(
   const requestId = message.requestId !== '' ? message.requestId : `${deps.state.workerId}/${deps.state.anonymousRequestId()}`;
   const forwarded = { ...requestMessage(message), requestId };
   const result = deps.state.trackRequest(requestId, record, caller, (signal) =>
-    driveFirstStage(record, request, forwarded, address, onToken, signal),
+    driveFirstStage(deps, record, request, forwarded, address, onToken, signal),
   );
   record.nextSequence++;
   return result;
 }
 
 async function driveFirstStage(
+  deps: PipelineDeps,
   record: InstanceRecord,
   request: GenerationRequest,
   forwarded: GenerateRequest,
@@ -283,13 +315,13 @@ async function driveFirstStage(
     let tokens = Int32Array.from(prompt);
     let position = 0;
     while (!signal.aborted) {
-      const hidden = await runner.forward({ sequence: request.sequence, position, tokens, hidden: null });
+      const output = await forwardDownstream(deps, record, { sequence: request.sequence, position, tokens, hidden: null });
       if (signal.aborted) break;
       link.send({
         requestId: forwarded.requestId ?? '',
         position,
         tokenCount: tokens.length,
-        hidden: encodeHidden(hidden),
+        ...output,
         ...(position === 0 ? { request: forwarded } : {}),
       });
       const reply = await link.replies.next(signal);
@@ -377,18 +409,14 @@ function abortReason(signal: AbortSignal): WorkerError {
   return reason instanceof WorkerError ? reason : new WorkerError(status.CANCELLED, 'the request was cancelled');
 }
 
-/** Reads the next step's hidden states from upstream; rejects when the stream ended. */
-async function nextHidden(
-  inbox: Inbox<Activation__Output>,
-  signal: AbortSignal,
-  position: number,
-): Promise<{ position: number; hidden: Float32Array }> {
+/** Reads the next step's activation from upstream; rejects when the stream ended. */
+async function nextActivation(inbox: Inbox<Activation__Output>, signal: AbortSignal, position: number): Promise<Activation__Output> {
   const m = await inbox.next(signal);
   if (m === null) throw signal.aborted ? abortReason(signal) : new WorkerError(status.CANCELLED, 'the previous stage ended the stream');
   if (m.position !== position) {
     throw new WorkerError(status.INVALID_ARGUMENT, `activation for position ${m.position} arrived where position ${position} was next`);
   }
-  return { position: m.position, hidden: decodeHidden(m.hidden, m.tokenCount) };
+  return m;
 }
 
 /** The last stage: the engine's generate() with a runner fed from upstream; tokens go back up. */
@@ -406,17 +434,17 @@ async function runLastStage(
   let pending: Activation__Output | null = first;
   const runner: StageRunner = {
     forward: async (input) => {
-      let step: { position: number; hidden: Float32Array };
+      let step: Activation__Output;
       if (pending !== null) {
         if (pending.position !== input.position) {
           throw new WorkerError(status.INVALID_ARGUMENT, `the first activation is for position ${pending.position}, not ${input.position}`);
         }
-        step = { position: pending.position, hidden: decodeHidden(pending.hidden, pending.tokenCount) };
+        step = pending;
         pending = null;
       } else {
-        step = await nextHidden(inbox, signal, input.position);
+        step = await nextActivation(inbox, signal, input.position);
       }
-      return stage.forward({ sequence: input.sequence, position: step.position, tokens: null, hidden: step.hidden });
+      return stage.forward({ sequence: input.sequence, position: step.position, tokens: null, hidden: stepHidden(record, step) });
     },
     releaseSequence: (s) => stage.releaseSequence(s),
   };
@@ -465,14 +493,14 @@ async function runMiddleStage(
   try {
     let message: Activation__Output | null = first;
     while (message !== null && !stop.aborted) {
-      const hidden = decodeHidden(message.hidden, message.tokenCount);
-      const out = await stage.forward({ sequence, position: message.position, tokens: null, hidden });
+      const input = { sequence, position: message.position, tokens: null, hidden: stepHidden(record, message) };
+      const output = await forwardDownstream(deps, record, input);
       if (stop.aborted) break;
       link.send({
         requestId: message.requestId,
         position: message.position,
         tokenCount: message.tokenCount,
-        hidden: encodeHidden(out),
+        ...output,
         ...(message.request === null ? {} : { request: requestMessage(message.request) }),
       });
       message = await inbox.next(stop);

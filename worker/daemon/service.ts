@@ -6,11 +6,13 @@
 import { status, type sendUnaryData, type ServerWritableStream } from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import type { WorkerHandlers } from '../../protos/generated/paraserve/v1/Worker.js';
+import { NotImplementedError } from '../native/errors.js';
 import { toStatus, WorkerError } from './errors.js';
 import { parseModelConfig } from '../models/config.js';
 import type { LoadStageRequest__Output } from '../../protos/generated/paraserve/v1/LoadStageRequest.js';
 import { loadStage, resolveStage, unloadInstance, type LoaderDeps } from './loader.js';
 import { isPartialStage, peersProblem, PipelinePeers, runPipelineGenerate, serveActivations, type PipelineDeps } from './pipeline.js';
+import { LinkTags } from './links.js';
 import { runGenerate } from './requests.js';
 import { swapIn, swapOut } from './swap.js';
 
@@ -72,7 +74,7 @@ function stageRangeValid(request: LoadStageRequest__Output, defaultMaxContext: n
 
 export function workerHandlers(deps: ServiceDeps): WorkerHandlers {
   const { state, logger } = deps;
-  const pipeline: PipelineDeps = { state, logger, peers: new PipelinePeers() };
+  const pipeline: PipelineDeps = { addon: deps.addon, state, logger, peers: new PipelinePeers(), linkTags: new LinkTags() };
   return {
     LoadStage(call) {
       const signal = cancelSignal(call);
@@ -176,6 +178,19 @@ export function workerHandlers(deps: ServiceDeps): WorkerHandlers {
 
     ForwardActivations(call) {
       serveActivations(pipeline, call);
+    },
+
+    CreateLinkId(_call, callback) {
+      answer(callback, async () => {
+        try {
+          return { uniqueId: deps.addon.linkUniqueId(deps.backend) };
+        } catch (e) {
+          if (e instanceof NotImplementedError) {
+            throw new WorkerError(status.FAILED_PRECONDITION, `this worker's ${deps.backend} backend has no device links: ${e.message}`);
+          }
+          throw e;
+        }
+      });
     },
   };
 }

@@ -13,6 +13,7 @@ import type { FetchLimiter } from '../models/throttle.js';
 import type { BackendName, DType, HostBufferHandle, StageHandle, StageSpec } from '../native/addon-types.js';
 import type { StageRunner } from '../engine/generator.js';
 import { WorkerError, type StatusReport } from './errors.js';
+import type { StageLinks } from './links.js';
 import { buildSnapshot, hostCacheBytes, type InstanceFacts, type Lifecycle } from './snapshot.js';
 
 /** One tensor of an instance's host copy: where its bytes sit in the host buffer. */
@@ -43,6 +44,8 @@ export interface InstanceRecord extends InstanceFacts {
   weightBytes: number;
   /** Set while the instance is ON_DEVICE. */
   runner: StageRunner | null;
+  /** A pipeline stage's device links to its neighbours (links.ts); closed with the device copy. */
+  links: StageLinks;
   /** Reads the stage's device bytes now (weights plus live KV caches); set with runner. */
   measureDeviceBytes: (() => number) | null;
   /**

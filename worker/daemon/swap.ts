@@ -14,6 +14,7 @@ import type { Logger } from 'pino';
 import { nativeStageRunner } from '../engine/generator.js';
 import type { BackendName, NativeAddon, StageHandle } from '../native/addon-types.js';
 import { WorkerError } from './errors.js';
+import { closeStageLinks, NO_LINKS } from './links.js';
 import { chooseDevice, deviceFitProblem } from './memory.js';
 import type { InstanceRecord, WorkerState } from './state.js';
 import { bindSlices } from './bind-slices.js';
@@ -53,8 +54,14 @@ export function attachStage(addon: NativeAddon, state: WorkerState, record: Inst
   state.flushSnapshot();
 }
 
-/** Disposes the instance's device copy, if any, and what serves from it (the reverse of attachStage, less the accounting). */
+/**
+ * Disposes the instance's device copy, if any, and what serves from it (the reverse of
+ * attachStage, less the accounting), its device links included: a stage swapped in again
+ * sends and receives over gRPC.
+ */
 export function detachStage(addon: NativeAddon, record: InstanceRecord): void {
+  closeStageLinks(addon, record.links);
+  record.links = NO_LINKS;
   if (record.nativeStage !== null) addon.disposeStage(record.nativeStage);
   record.nativeStage = null;
   record.runner = null;

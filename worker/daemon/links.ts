@@ -1,0 +1,73 @@
+// Device-to-device links between this worker's pipeline stages and their neighbours (issue 4,
+// point 5). LoadStage brings the links' ids (the gateway got each from the sending stage's
+// worker through CreateLinkId); both ends open during runtime init, beside the fetch. A link
+// that cannot open — a backend without links (CPU), two stages on one GPU, a peer that never
+// joins — is logged and left out: that hop's activations then travel in the ForwardActivations
+// messages, and every message says which way its hidden states came (Activation.link_tag),
+// so both ends agree per message.
+import type { Logger } from 'pino';
+import type { BackendName, LinkHandle, NativeAddon } from '../native/addon-types.js';
+
+/** How long runtime init waits for the stage at the other end of a link to join it. */
+export const LINK_OPEN_TIMEOUT_MS = 30_000;
+
+/** The open ends of an instance's links; null where activations go over gRPC. */
+export interface StageLinks {
+  toNext: LinkHandle | null;
+  fromPrevious: LinkHandle | null;
+}
+
+export const NO_LINKS: Readonly<StageLinks> = Object.freeze({ toNext: null, fromPrevious: null });
+
+/** LoadStage's link ids; an empty id means no link on that side. */
+export interface StageLinkIds {
+  linkIdToNext: Buffer;
+  linkIdFromPrevious: Buffer;
+}
+
+/**
+ * Opens the links the ids name, both at once; never rejects. A link that opens after `signal`
+ * aborted (the load was given up) is closed again.
+ */
+export async function openStageLinks(
+  addon: Pick<NativeAddon, 'openLink' | 'closeLink'>,
+  backend: BackendName,
+  device: number,
+  ids: StageLinkIds,
+  log: Logger,
+  signal: AbortSignal,
+): Promise<StageLinks> {
+  const open = async (id: Buffer, sends: boolean): Promise<LinkHandle | null> => {
+    if (id.length === 0) return null;
+    const side = sends ? 'to the next stage' : 'from the previous stage';
+    try {
+      const link = await addon.openLink(backend, { device, uniqueId: id, sends, timeoutMs: LINK_OPEN_TIMEOUT_MS });
+      if (signal.aborted) {
+        addon.closeLink(link);
+        return null;
+      }
+      log.info(`device link ${side} is open`);
+      return link;
+    } catch (e) {
+      log.warn({ err: e instanceof Error ? e.message : String(e) }, `the device link ${side} did not open: its activations go over gRPC`);
+      return null;
+    }
+  };
+  const [toNext, fromPrevious] = await Promise.all([open(ids.linkIdToNext, true), open(ids.linkIdFromPrevious, false)]);
+  return { toNext, fromPrevious };
+}
+
+export function closeStageLinks(addon: Pick<NativeAddon, 'closeLink'>, links: StageLinks): void {
+  if (links.toNext !== null) addon.closeLink(links.toNext);
+  if (links.fromPrevious !== null) addon.closeLink(links.fromPrevious);
+}
+
+/** Tags of the activations this worker sends over links: unique per worker, never 0 (0 = no link). */
+export class LinkTags {
+  private last = 0;
+
+  next(): number {
+    this.last++;
+    return this.last;
+  }
+}
