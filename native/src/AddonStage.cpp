@@ -380,6 +380,24 @@ Napi::Value AwaitStageCopies(const Napi::CallbackInfo& info) {
   }
 }
 
+// Never throws: resolves once the stage's kernels ran once on placeholder inputs (Stage::warmUp).
+Napi::Value WarmUpStage(const Napi::CallbackInfo& info) {
+  try {
+    StageBox& box = liveStage(info[0]);
+    if (box.forwardsInFlight > 0) throw InvalidArgumentError("cannot warm up a stage while a forward runs on it");
+    std::shared_ptr<Stage> stage = box.stage;
+    return runAsync<bool>(
+        info.Env(), "paraserve.warmUpStage",
+        [stage] {
+          stage->warmUp();
+          return true;
+        },
+        [](Napi::Env env, bool&) { return env.Undefined(); }, info[0]);
+  } catch (...) {
+    return rejectedPromise(info.Env());
+  }
+}
+
 // Idempotent: disposing twice is not an error, using a disposed stage is (DisposedError).
 Napi::Value DisposeStage(const Napi::CallbackInfo& info) {
   unwrapBox(info[0]).stage.reset();
@@ -401,6 +419,7 @@ void registerStageExports(Napi::Env env, Napi::Object exports) {
   exportFunction<ReleaseSequence>(env, exports, "releaseSequence");
   exportFunction<StageDeviceBytes>(env, exports, "stageDeviceBytes");
   exportFunction<AwaitStageCopies>(env, exports, "awaitStageCopies");
+  exportFunction<WarmUpStage>(env, exports, "warmUpStage");
   exportFunction<DisposeStage>(env, exports, "disposeStage");
 }
 

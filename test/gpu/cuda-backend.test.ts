@@ -1,10 +1,15 @@
 // GPU checks of the CUDA backend's plumbing: compiled in where CUDA, cuBLAS and NCCL are
 // found, it lists the GPUs with their memory, pins host memory, turns bad stages into named
-// errors, and 'auto' picks it. Model outputs are checked in cuda-correctness.test.ts. Without a CUDA build these tests skip and say why; `npm run test:gpu` runs
+// errors, 'auto' picks it, and a stage's warm-up changes nothing it computes. Model outputs
+// are checked in cuda-correctness.test.ts. Without a CUDA build these tests skip and say why; `npm run test:gpu` runs
 // them on the GPU machine.
+import { join } from 'node:path';
 import t from 'tap';
+import { wholeModelRange } from '../../worker/models/stage-plan.js';
 import { chooseBackend, loadNativeAddon } from '../../worker/native/addon.js';
 import { InvalidArgumentError, OutOfMemoryError } from '../../worker/native/errors.js';
+import { loadModelStage, maxAbsDiff } from '../fixtures/whole-model.js';
+import { makeModel, tempDir } from '../worker/fixtures/harness.js';
 
 const addon = loadNativeAddon();
 const info = addon.buildInfo();
@@ -52,4 +57,27 @@ t.test('copy baselines measure the PCIe link and device memory', { skip }, async
   const memory = (2 * bytes) / (await addon.measureDeviceMemory('cuda', 0, bytes)) / 1e9;
   t.ok(hostToDevice > 5, `pinned host to device: ${hostToDevice.toFixed(1)} GB/s`);
   t.ok(memory > hostToDevice, `device memory: ${memory.toFixed(0)} GB/s`);
+});
+
+t.test('a stage warmed up before its weights land gives the same logits, and its first forward is cheap', { skip, timeout: 120_000 }, async (t) => {
+  const scratch = await tempDir('cuda-warm-up');
+  t.teardown(() => scratch.remove());
+  const dir = join(scratch.path, 'demo');
+  await makeModel(dir, 'demo');
+  const whole = { device: 0, range: wholeModelRange };
+  const cold = await loadModelStage(addon, dir, 'cuda', 128, { ...whole, warmUp: false });
+  const warm = await loadModelStage(addon, dir, 'cuda', 128, { ...whole, warmUp: true });
+  t.teardown(() => {
+    cold.free();
+    warm.free();
+  });
+  const tokens = Int32Array.of(5, 17, 42, 99, 3, 1000, 7);
+  const started = performance.now();
+  const warmed = await addon.forward(warm.stage, { sequence: 1, position: 0, tokens, hidden: null });
+  t.comment(`first forward after warm-up: ${(performance.now() - started).toFixed(1)} ms`);
+  const plain = await addon.forward(cold.stage, { sequence: 1, position: 0, tokens, hidden: null });
+  t.equal(maxAbsDiff(warmed, plain), 0, 'identical logits: the warm-up left nothing behind');
+  const next = await addon.forward(warm.stage, { sequence: 1, position: tokens.length, tokens: Int32Array.of(8), hidden: null });
+  const nextPlain = await addon.forward(cold.stage, { sequence: 1, position: tokens.length, tokens: Int32Array.of(8), hidden: null });
+  t.equal(maxAbsDiff(next, nextPlain), 0, 'and the same decode step');
 });

@@ -40,6 +40,7 @@ t.test('activations over an NCCL link give the host path\'s logits exactly', { s
   const load = (device: number, front: boolean | null): Promise<LoadedModel> =>
     loadModelStage(addon, dir, 'cuda', 128, {
       device,
+      warmUp: false,
       range: (c) => ({
         layerStart: front === false ? c.numLayers / 2 : 0,
         layerEnd: front === true ? c.numLayers / 2 : c.numLayers,

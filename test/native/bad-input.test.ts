@@ -119,7 +119,21 @@ t.test('a disposed stage gives DisposedError everywhere; dispose is idempotent',
   t.throws(() => addon.releaseSequence(stage, 1), DisposedError);
   t.throws(() => addon.bindTensor(stage, { name: 'model.norm.weight', dtype: 'f32', shape: [1], buffer, offset: 0 }), { name: 'DisposedError', message: /disposed/ });
   await t.rejects(addon.forward(stage, { sequence: 1, position: 0, tokens: Int32Array.from([1]), hidden: null }), DisposedError);
+  await t.rejects(addon.warmUpStage(stage), DisposedError);
   addon.freeHostBuffer(buffer);
+});
+
+t.test('warming up a CPU stage is a no-op, refused while a forward runs', async (t) => {
+  const fresh = addon.createStage(spec);
+  t.teardown(() => addon.disposeStage(fresh));
+  await t.resolves(addon.warmUpStage(fresh));
+  t.ok(addon.missingTensors(fresh).length > 0, 'nothing was bound');
+  const stage = loadStage(addon, model, wholeRange(GQA_LLAMA3), 'f32', 16);
+  t.teardown(() => addon.disposeStage(stage));
+  const running = addon.forward(stage, { sequence: 1, position: 0, tokens: Int32Array.from([1, 2]), hidden: null });
+  await t.rejects(addon.warmUpStage(stage), { name: 'InvalidArgumentError', message: /while a forward runs/ });
+  await running;
+  await t.resolves(addon.warmUpStage(stage));
 });
 
 t.test('bindTensor is refused while a forward runs on the stage', async (t) => {

@@ -5,7 +5,8 @@
 // Fetch runs several ranged requests at once in layer order (fetch-plan.ts lays them out).
 // With overlap (issue 4, the default), three things run from t=0: the fetch; runtime init
 // (prepareDevice's context creation, then createStage: weights and KV cache space — on the
-// CPU backend, allocation — and a pipeline stage's device links to its neighbours, links.ts);
+// CPU backend, allocation — then a warm-up pass that loads the stage's kernels before its
+// weights land, and a pipeline stage's device links to its neighbours, links.ts);
 // and the copy, which binds each tensor from the host buffer as
 // soon as init is done and every range holding its bytes has landed and been verified, in
 // layer order, while later layers are still fetching. Without overlap
@@ -289,6 +290,7 @@ export async function loadStage(
     const links = openStageLinks(deps.addon, deps.backend, device, request, log, loadSignal);
     await reserved;
     record.nativeStage = deps.addon.createStage(stageSpec);
+    await deps.addon.warmUpStage(record.nativeStage);
     record.links = await untilAborted(links, loadSignal);
     phase('INIT', true);
     report('INIT', 1, 1);

@@ -231,6 +231,13 @@ export interface NativeAddon {
   stageDeviceBytes(stage: StageHandle): number;
   /** Resolves once every weight copy queued by bindTensor has landed on the device. */
   awaitStageCopies(stage: StageHandle): Promise<void>;
+  /**
+   * Runs the stage's kernels once on placeholder inputs, before its weights are bound (call
+   * it right after createStage): on CUDA the one-time costs of a fresh device — loading
+   * kernels, cuBLAS's choices, the decode graph — are paid here instead of by the first
+   * request. Resolves at once on the CPU backend. Leaves no sequence behind.
+   */
+  warmUpStage(stage: StageHandle): Promise<void>;
   disposeStage(stage: StageHandle): void;
 
   /**

@@ -135,6 +135,11 @@ class Stage {
     (void)device;
     throw NotImplementedError("this backend has one device: stages cannot move between devices");
   }
+  // Runs the stage's kernels once on placeholder inputs, before its weights are bound, so the
+  // device's one-time costs (loading kernels, library heuristics, graph setup) are paid during
+  // runtime init instead of by the first request. Called on a worker thread, with no forward
+  // running; leaves no sequence behind. No-op where first use costs nothing extra.
+  virtual void warmUp() {}
   // Blocks until every queued weight copy has landed (bindTensor may return before, on
   // backends that copy asynchronously). Called on a worker thread.
   virtual void waitForCopies() {}

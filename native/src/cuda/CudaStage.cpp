@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <cstdio>
 #include <set>
 
@@ -803,6 +804,39 @@ std::unique_ptr<Stage> CudaStage::cloneTo(int64_t device) {
   for (cudaEvent_t event : clone->ready_) check(cudaEventRecord(event, clone->copy_), "cudaEventRecord (moved)");
   for (Slot& slot : clone->slots_) slot.bound = true;
   return clone;
+}
+
+void CudaStage::warmUp() {
+  const int64_t prefill = std::min<int64_t>(32, spec_.maxContext - 1);
+  if (prefill < 1) return;
+  const int64_t sequence = std::numeric_limits<int64_t>::min();  // an id no caller uses
+  std::lock_guard<std::mutex> lock(mutex_);
+  useDevice(device_);
+  LinkIO links;
+  links.arrivals.resize(1);
+  links.sends.resize(1);
+  std::vector<std::vector<float>> outputs(1);
+  try {
+    for (const int64_t count : {prefill, int64_t{1}}) {
+      ForwardRequest request;
+      request.sequence = sequence;
+      request.position = count == 1 ? prefill : 0;
+      if (spec_.hasEmbeddings) {
+        request.tokens.assign(static_cast<size_t>(count), 0);
+      } else {
+        request.hidden.assign(static_cast<size_t>(count * spec_.hiddenSize), 0.0f);
+      }
+      outputs[0].clear();
+      runPass({request}, {Segment{0, 0, count}}, links, outputs);
+    }
+    check(cudaStreamSynchronize(compute_), "warm-up");
+  } catch (...) {
+    cudaStreamSynchronize(compute_);
+    cudaGetLastError();
+    freeSequence(sequence);
+    throw;
+  }
+  freeSequence(sequence);
 }
 
 void CudaStage::waitForCopies() {

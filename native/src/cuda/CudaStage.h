@@ -41,6 +41,10 @@ class CudaStage final : public Stage {
   std::vector<std::vector<float>> forwardBatch(const std::vector<ForwardRequest>& requests) override;
   void releaseSequence(int64_t sequence) override;
   void waitForCopies() override;
+  // A prefill of up to 32 tokens and one decode step of a placeholder sequence, on whatever the
+  // weight memory holds (results discarded): loads the kernels and cuBLAS's choices of this
+  // stage's shapes and captures a decode graph once.
+  void warmUp() override;
   // Copies the weight allocation to a new stage on `device` with one peer copy on the new
   // stage's copy stream (after this stage's own copies have landed).
   std::unique_ptr<Stage> cloneTo(int64_t device) override;
