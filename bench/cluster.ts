@@ -20,10 +20,16 @@ export interface BenchProcesses {
   stop(children?: SupervisedChild[]): Promise<void>;
 }
 
-/** A supervisor whose children end the benchmark when one of them dies unexpectedly. */
+/**
+ * A supervisor whose children end the benchmark when one of them dies unexpectedly. With
+ * PARASERVE_BENCH_CPU_PROFILE set to a directory, every child writes a V8 CPU profile there
+ * when it exits (node --cpu-prof), to see where a process spends its time.
+ */
 export function benchProcesses(dir: string): BenchProcesses {
   const cli = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'gateway', 'cli', 'main.js');
-  const supervisor = new Supervisor([cli], (child, exit) => {
+  const profileDir = process.env['PARASERVE_BENCH_CPU_PROFILE'];
+  const nodeArgs = profileDir === undefined || profileDir === '' ? [] : ['--cpu-prof', `--cpu-prof-dir=${profileDir}`];
+  const supervisor = new Supervisor([...nodeArgs, cli], (child, exit) => {
     console.error(`${child.name} exited unexpectedly (${JSON.stringify(exit)}); log: ${child.logFile}`);
     supervisor.killAll();
     process.exit(1);
