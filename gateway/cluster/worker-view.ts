@@ -54,6 +54,8 @@ export interface WorkerView {
   hostCacheLimit: number;
   /** false where pinning the host pool failed and it is pageable. */
   hostCachePinned: boolean;
+  /** Its stages can open NCCL links to other workers' stages (a pipeline hop between two such workers gets one). */
+  deviceLinks: boolean;
   /** Last measured fetch bandwidth; 0 when unknown. */
   fetchBytesPerS: number;
   /** Gateway clock (ms since the epoch) of the last event or registration. */
@@ -72,6 +74,7 @@ export function registeredView(id: string, address: string, backend: string, now
     hostCacheBytes: 0,
     hostCacheLimit: 0,
     hostCachePinned: false,
+    deviceLinks: false,
     fetchBytesPerS: 0,
     lastSeenMs: nowMs,
   };
@@ -114,6 +117,7 @@ export function applySnapshot(view: WorkerView, snap: WorkerSnapshot__Output, no
     hostCacheBytes: snap.hostCacheBytes,
     hostCacheLimit: snap.hostCacheLimit,
     hostCachePinned: snap.hostCachePinned,
+    deviceLinks: snap.deviceLinks,
     fetchBytesPerS: snap.fetchBytesPerS,
     lastSeenMs: nowMs,
   };

@@ -1208,18 +1208,20 @@ export class SchedulerLoop {
   /**
    * Ids for the device links between a pipeline's adjacent stages, each made by the worker of
    * the stage that sends (the process that makes an id coordinates the link's setup); null for
-   * a hop whose worker has no links (CPU backend) or did not answer in time — that hop's
-   * activations go over gRPC. Never rejects.
+   * a hop where either worker has no device links (CPU backend: asking only one end would
+   * leave the other waiting for a peer that never joins) or the sender did not answer in
+   * time — that hop's activations go over gRPC. Never rejects.
    */
   private linkIds(channels: readonly WorkerChannel[], workerIds: readonly string[]): Promise<(Buffer | null)[]> {
+    const linkable = workerIds.map((id) => this.cluster.view(id)?.deviceLinks === true);
     return Promise.all(
       channels.slice(0, -1).map((channel, index) =>
-        channel.createLinkId(LINK_ID_TIMEOUT_MS).then(
+        !linkable[index] || !linkable[index + 1]
+          ? null
+          : channel.createLinkId(LINK_ID_TIMEOUT_MS).then(
           (id) => id,
           (e: unknown) => {
-            if (!isServiceError(e) || e.code !== GrpcStatus.FAILED_PRECONDITION) {
-              this.log.warn({ worker: workerIds[index], err: describe(e) }, 'no device link id: the hop goes over gRPC');
-            }
+            this.log.warn({ worker: workerIds[index], err: describe(e) }, 'no device link id: the hop goes over gRPC');
             return null;
           },
         ),

@@ -28,6 +28,11 @@ LinkBox& unwrapLinkBox(const Napi::Value& value, const std::string& what) {
   return *value.As<Napi::External<LinkBox>>().Data();
 }
 
+Napi::Value LinksAvailable(const Napi::CallbackInfo& info) {
+  const Backend* backend = findBackend(backendValue(info[0], "backend"));
+  return Napi::Boolean::New(info.Env(), backend != nullptr && backend->hasLinks());
+}
+
 Napi::Value LinkUniqueId(const Napi::CallbackInfo& info) {
   const std::vector<uint8_t> id = requireBackend(backendValue(info[0], "backend")).linkUniqueId();
   return Napi::Buffer<uint8_t>::Copy(info.Env(), id.data(), id.size());
@@ -81,6 +86,7 @@ std::shared_ptr<StageLink> linkFromHandle(const Napi::Value& value, const std::s
 }
 
 void registerLinkExports(Napi::Env env, Napi::Object exports) {
+  exportFunction<LinksAvailable>(env, exports, "linksAvailable");
   exportFunction<LinkUniqueId>(env, exports, "linkUniqueId");
   exportFunction<OpenLink>(env, exports, "openLink");
   exportFunction<CloseLink>(env, exports, "closeLink");

@@ -1,5 +1,5 @@
-// JS face of links between pipeline stages' devices (NCCL on GPUs): linkUniqueId, openLink,
-// closeLink. A LinkHandle is an External tagged as ours; a forward input's hidden states may
+// JS face of links between pipeline stages' devices (NCCL on GPUs): linksAvailable,
+// linkUniqueId, openLink, closeLink. A LinkHandle is an External tagged as ours; a forward input's hidden states may
 // come over one (a LinkInput, receiving end) and forwardToLink sends over one (sending end).
 #pragma once
 

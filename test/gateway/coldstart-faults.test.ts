@@ -2,30 +2,15 @@
 // worker dies is re-placed on another worker and the trace shows both attempts; with no worker
 // left the client gets a 503 naming the worker, well before its deadline; re-placement stops
 // after MAX_REPLACEMENTS and at the request's deadline (never a hang).
-import t, { type Test } from 'tap';
+import t from 'tap';
 import { MAX_REPLACEMENTS } from '../../gateway/scheduler/loop.js';
 import type { RequestTrace } from '../../gateway/scheduler/trace.js';
-import { FakeWorker, type FakeWorkerOptions } from './fixtures/fake-worker.js';
-import { MODEL, startCluster, type Cluster } from './fixtures/helpers.js';
+import type { FakeWorker } from './fixtures/fake-worker.js';
+import { addFakeWorker, MODEL, startCluster, type Cluster } from './fixtures/helpers.js';
 
 /** A load gate that never opens: the load stays in FETCH until the worker dies. */
 const held = (): Promise<void> => new Promise<void>(() => undefined);
 
-async function addWorker(t: Test, c: Cluster, opts: Partial<FakeWorkerOptions> & { id: string }): Promise<FakeWorker> {
-  const w = await FakeWorker.start({
-    freeBytes: 1e9,
-    script: () => ({ tokens: c.tokenizer.encode('Hello world', false), end: 'stop' }),
-    loadGate: null,
-    instanceBytes: 1000,
-    swapGate: null,
-    swapError: null,
-    ...opts,
-  });
-  t.teardown(() => w.close());
-  const res = await c.app.inject({ method: 'POST', url: '/admin/workers', payload: { id: opts.id, address: w.address, backend: 'cpu' } });
-  if (res.statusCode !== 200) throw new Error(`registering ${opts.id}: ${res.statusCode} ${res.body}`);
-  return w;
-}
 
 /** Crashes the worker as soon as the gateway asks it to load something. */
 function crashOnLoad(w: FakeWorker): void {
@@ -50,7 +35,7 @@ t.test('a worker that dies mid-load: the request is served by another worker', a
   // w1 has the most free memory, so the first decision picks it.
   const c = await startCluster(t, { id: 'w1', freeBytes: 4e9, loadGate: held }, { requestTimeoutMs: 10_000 });
   crashOnLoad(c.worker);
-  const w2 = await addWorker(t, c, { id: 'w2' });
+  const w2 = await addFakeWorker(t, c, { id: 'w2' });
 
   const r = await complete(c);
   t.equal(r.status, 200, JSON.stringify(r.body));
@@ -82,11 +67,11 @@ t.test('the only worker dies mid-load: a 503 naming it, long before the deadline
 t.test(`re-placement stops after ${MAX_REPLACEMENTS} attempts`, async (t) => {
   const c = await startCluster(t, { id: 'w1', freeBytes: 4e9, loadGate: held }, { requestTimeoutMs: 10_000 });
   crashOnLoad(c.worker);
-  const w2 = await addWorker(t, c, { id: 'w2', freeBytes: 3e9, loadGate: held });
+  const w2 = await addFakeWorker(t, c, { id: 'w2', freeBytes: 3e9, loadGate: held });
   crashOnLoad(w2);
-  const w3 = await addWorker(t, c, { id: 'w3', freeBytes: 2e9, loadGate: held });
+  const w3 = await addFakeWorker(t, c, { id: 'w3', freeBytes: 2e9, loadGate: held });
   crashOnLoad(w3);
-  const w4 = await addWorker(t, c, { id: 'w4', freeBytes: 1e9 });
+  const w4 = await addFakeWorker(t, c, { id: 'w4', freeBytes: 1e9 });
   const r = await complete(c);
   t.equal(r.status, 503);
   t.match(r.body, { error: { code: 'worker_lost', message: new RegExp(`worker w3 .*not re-placed: ${MAX_REPLACEMENTS} re-placements tried`) } });
@@ -98,7 +83,7 @@ t.test('a re-placed load is waited on no longer than the request deadline', asyn
   const timeoutMs = 1_500;
   const c = await startCluster(t, { id: 'w1', freeBytes: 4e9, loadGate: held }, { requestTimeoutMs: timeoutMs });
   crashOnLoad(c.worker);
-  const w2 = await addWorker(t, c, { id: 'w2', loadGate: held });
+  const w2 = await addFakeWorker(t, c, { id: 'w2', loadGate: held });
   const r = await complete(c);
   t.equal(w2.loads.length, 1, 'the load was re-placed');
   t.equal(r.status, 503);
@@ -108,9 +93,9 @@ t.test('a re-placed load is waited on no longer than the request deadline', asyn
 
 t.test('a pipeline stage whose worker dies: the loaded stage is unloaded, the pipeline re-placed', async (t) => {
   const c = await startCluster(t, { id: 'w1', freeBytes: 4e9 }, { requestTimeoutMs: 10_000, forcedPipelineDegree: 2 });
-  const w2 = await addWorker(t, c, { id: 'w2', freeBytes: 3e9, loadGate: held });
+  const w2 = await addFakeWorker(t, c, { id: 'w2', freeBytes: 3e9, loadGate: held });
   crashOnLoad(w2);
-  const w3 = await addWorker(t, c, { id: 'w3', freeBytes: 1e9 });
+  const w3 = await addFakeWorker(t, c, { id: 'w3', freeBytes: 1e9 });
   const unloaded: string[] = [];
   c.worker.on('unload', (id: string) => unloaded.push(id));
 

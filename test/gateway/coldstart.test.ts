@@ -342,6 +342,7 @@ t.test('serverFigures from a worker view', async (t) => {
     hostCacheBytes: 15 * GB,
     hostCacheLimit: 100 * GB,
     hostCachePinned: true,
+    deviceLinks: false,
     fetchBytesPerS: 0,
     lastSeenMs: 0,
   };

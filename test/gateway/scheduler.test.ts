@@ -37,6 +37,7 @@ function createWorker(o: Partial<WorkerView> & { free?: number[] } = {}): Worker
     hostCacheBytes: 0,
     hostCacheLimit: 0,
     hostCachePinned: false,
+    deviceLinks: false,
     fetchBytesPerS: 0,
     lastSeenMs: NOW,
     ...rest,

@@ -56,6 +56,7 @@ t.test('activations over an NCCL link give the host path\'s logits exactly', { s
     front.free();
     back.free();
   });
+  t.equal(addon.linksAvailable('cuda'), true);
   t.equal(addon.linkUniqueId('cuda').length, 128, 'an id is NCCL_UNIQUE_ID_BYTES long');
   const [sender, receiver] = await openPair(0, 1);
   t.teardown(() => {

@@ -167,6 +167,7 @@ t.test('the CPU backend has no device links, and link arguments are checked', as
     addon.disposeStage(tail);
     addon.disposeStage(front);
   });
+  t.equal(addon.linksAvailable('cpu'), false);
   t.throws(() => addon.linkUniqueId('cpu'), { name: 'NotImplementedError', message: /cpu backend has no device-to-device links/ });
   await t.rejects(addon.openLink('cpu', { device: 0, uniqueId: Buffer.alloc(128), sends: true, timeoutMs: 100 }), NotImplementedError);
   const notALink = {} as Parameters<typeof addon.closeLink>[0];

@@ -130,7 +130,7 @@ t.test('snapshots account host cache, active requests and CPU free memory', asyn
   t.same(devices, [{ index: 0, kind: 'cpu', name: 'Test CPU', totalBytes: 10_000, freeBytes: 700 }]);
   const cuda = workerDevices('cuda', [{ index: 1, kind: 'cuda', name: 'H100', totalBytes: 80, freeBytes: 70 }], { name: 'x', totalBytes: 1, freeBytes: 1 }, 60, instances);
   t.same(cuda, [{ index: 1, kind: 'cuda', name: 'H100', totalBytes: 60, freeBytes: 60 }], 'the budget, and nothing held on device 1');
-  const snapshot = buildSnapshot({ workerId: 'w', lifecycle: 'READY', backend: 'cpu', devices, hostCacheLimit: 1000, hostCachePinned: true, instances, fetchBytesPerS: 5 });
+  const snapshot = buildSnapshot({ workerId: 'w', lifecycle: 'READY', backend: 'cpu', devices, hostCacheLimit: 1000, hostCachePinned: true, deviceLinks: false, instances, fetchBytesPerS: 5 });
   t.equal(snapshot.hostCachePinned, true);
   t.equal(snapshot.hostCacheBytes, 150);
   t.equal(snapshot.activeRequests, 2);

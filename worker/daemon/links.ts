@@ -8,8 +8,13 @@
 import type { Logger } from 'pino';
 import type { BackendName, LinkHandle, NativeAddon } from '../native/addon-types.js';
 
-/** How long runtime init waits for the stage at the other end of a link to join it. */
-export const LINK_OPEN_TIMEOUT_MS = 30_000;
+/**
+ * How long runtime init waits for the stage at the other end of a link to join it. Both loads
+ * start together and open their ends after creating the device context, so the other end is
+ * at most a second or two behind unless it failed (its load is then called off, or it refused
+ * the link at once, as NCCL does for two stages on one GPU).
+ */
+export const LINK_OPEN_TIMEOUT_MS = 10_000;
 
 /** The open ends of an instance's links; null where activations go over gRPC. */
 export interface StageLinks {

@@ -149,6 +149,7 @@ export async function startWorkerWith(opts: WorkerOptions, runtime: WorkerRuntim
     backend,
     hostCacheLimit: opts.hostCacheBytes,
     hostCachePinned: pool.pinned,
+    deviceLinks: addon.linksAvailable(backend),
     devices: (instances) => workerDevices(backend, gpus, cpuFacts(cpuName, deviceMemoryBytes), deviceMemoryBytes, instances),
     snapshotDebounceMs: SNAPSHOT_DEBOUNCE_MS,
     fetchLimiter: new FetchLimiter(opts.fetchBandwidthBytesPerS),

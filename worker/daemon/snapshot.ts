@@ -52,6 +52,8 @@ export interface SnapshotFacts {
   hostCacheLimit: number;
   /** Whether the host pool is page-locked (false where pinning failed or was not asked). */
   hostCachePinned: boolean;
+  /** Whether its stages can open device links to other workers' stages. */
+  deviceLinks: boolean;
   instances: readonly InstanceFacts[];
   fetchBytesPerS: number;
 }
@@ -124,5 +126,6 @@ export function buildSnapshot(facts: SnapshotFacts): WorkerSnapshot__Output {
     activeRequests: facts.instances.reduce((sum, i) => sum + i.activeRequests, 0),
     fetchBytesPerS: facts.fetchBytesPerS,
     hostCachePinned: facts.hostCachePinned,
+    deviceLinks: facts.deviceLinks,
   };
 }

@@ -89,6 +89,8 @@ export interface WorkerStateOptions {
   hostCacheLimit: number;
   /** Whether the host pool is page-locked, as configureHostPool reported. */
   hostCachePinned: boolean;
+  /** Whether its stages can open device links (the addon's linksAvailable). */
+  deviceLinks: boolean;
   /** The devices as they are now (free bytes change); instances are the registry's. */
   devices: (instances: readonly InstanceFacts[]) => Device__Output[];
   /** Snapshots are sent at most this often while changes keep coming. */
@@ -107,6 +109,7 @@ export class WorkerState {
   readonly backend: BackendName;
   readonly hostCacheLimit: number;
   readonly hostCachePinned: boolean;
+  readonly deviceLinks: boolean;
   readonly fetchLimiter: FetchLimiter;
   private lifecycleState: Lifecycle = 'STARTING';
   private readonly instances = new Map<string, InstanceRecord>();
@@ -125,6 +128,7 @@ export class WorkerState {
     this.backend = options.backend;
     this.hostCacheLimit = options.hostCacheLimit;
     this.hostCachePinned = options.hostCachePinned;
+    this.deviceLinks = options.deviceLinks;
     this.devices = options.devices;
     this.debounceMs = options.snapshotDebounceMs;
     this.fetchLimiter = options.fetchLimiter;
@@ -294,6 +298,7 @@ export class WorkerState {
       devices: this.devices(instances),
       hostCacheLimit: this.hostCacheLimit,
       hostCachePinned: this.hostCachePinned,
+      deviceLinks: this.deviceLinks,
       instances,
       fetchBytesPerS: this.fetchLimiter.measuredBytesPerSecond() || this.fetchRate,
     });

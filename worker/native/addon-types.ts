@@ -211,6 +211,8 @@ export interface NativeAddon {
    * back to JS; resolves once the send is queued (it lands on the other end by itself).
    */
   forwardToLink(stage: StageHandle, input: ForwardInput, output: LinkOutput): Promise<void>;
+  /** Whether stages of the backend can open links (CUDA builds: NCCL); false on the CPU. */
+  linksAvailable(backend: BackendName): boolean;
   /**
    * A fresh id for a link. The process that made it coordinates the link's setup until both
    * ends have joined, so a worker that takes part makes it. NotImplementedError on the CPU

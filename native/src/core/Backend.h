@@ -169,6 +169,8 @@ class Backend {
   // A fresh id for a link between two stages; the process that made it coordinates the link's
   // setup until both ends have joined, so it must outlive that. NotImplementedError where the
   // backend has no links.
+  // Whether this backend's stages can open links at all (linkUniqueId, openLink).
+  virtual bool hasLinks() const { return false; }
   virtual std::vector<uint8_t> linkUniqueId() { throw noLinks(); }
   // Joins one end of the link `id` on `device`; returns once the other end has joined too and
   // the connection is up, NcclError after timeoutSeconds. Runs on a worker thread.

@@ -33,6 +33,7 @@ class CudaBackend final : public Backend {
   void prepareDevice(int64_t device) override;
   // InvalidArgumentError for a device index that does not exist.
   std::unique_ptr<Stage> createStage(const StageSpec& spec) override;
+  bool hasLinks() const override { return true; }
   // ncclGetUniqueId: NCCL_UNIQUE_ID_BYTES bytes; its bootstrap root lives in this process.
   std::vector<uint8_t> linkUniqueId() override;
   // A two-rank NCCL communicator (cuda/NcclLink.h): rank 0 sends, rank 1 receives.

@@ -25,9 +25,10 @@ namespace {
 // Most tokens one pass runs through the stage; longer prompts run in several passes, so
 // attention scratch stays bounded (heads x chunk x context).
 constexpr int64_t kMaxPassTokens = 512;
-// How long a forward waits for its input to come over a link: the previous stage queued it
-// before telling this one, so only a broken link takes this long.
-constexpr double kLinkArrivalTimeoutSeconds = 60.0;
+// How long a forward waits for its input to come over a link: the previous stage had computed
+// and queued it before telling this one, so only a broken link takes this long (and a forward
+// held this long delays unloading the stage by as much).
+constexpr double kLinkArrivalTimeoutSeconds = 10.0;
 
 NcclLink& ncclLinkOf(const std::shared_ptr<StageLink>& link) {
   auto* nccl = dynamic_cast<NcclLink*>(link.get());
