@@ -3,8 +3,9 @@
 // the sending stages' workers, passed in LoadStage, opened during runtime init; each step's
 // hidden states then go over the link and the gRPC message carries only their tag. Tokens
 // must equal the whole model's on one worker, exactly as over gRPC; a link that cannot open
-// leaves that hop on gRPC with the same tokens; unloading closes the links; a worker without
-// links refuses CreateLinkId with FAILED_PRECONDITION.
+// leaves that hop on gRPC with the same tokens; unloading closes the links, and so does a load
+// that fails after its link opened; a worker without links refuses CreateLinkId with
+// FAILED_PRECONDITION.
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import pino from 'pino';
@@ -111,6 +112,44 @@ t.test('a link that cannot open leaves its hop on gRPC, with the same tokens', a
   const expected = tokensOf(await generate(clients[0]!, request('whole', 'whole-fallback')));
   t.same(tokensOf(await generate(clients[0]!, request('unlinked-2', 'unlinked-2-r'))), expected);
   t.equal(links.sent, sentBefore, 'nothing went over a link');
+});
+
+t.test('a stage whose init fails after its link opened closes the link', async (t) => {
+  const failing = links.addon();
+  const doomed = await startWorkerWith(testWorkerOptions({ id: 'linked-doomed', hostCacheBytes: 256 * 1024 * 1024 }), {
+    addon: {
+      ...failing,
+      warmUpStage: () => Promise.reject(Object.assign(new Error('no device memory for the warm-up'), { name: 'OutOfMemoryError' })),
+    },
+    backend: 'cpu',
+    logger,
+  });
+  const client = workerClient(doomed.address);
+  t.teardown(async () => {
+    client.close();
+    await doomed.close();
+  });
+  const { id } = await createLinkId(client);
+  const [opened, closed] = [links.opened, links.closed];
+  const peers = [doomed.address, workers[1]!.address];
+  const [front, back] = await Promise.all(
+    ranges(2).map((stage, i) =>
+      loadStage(i === 0 ? client : clients[1]!, {
+        ...loadRequest(model, 'doomed-2'),
+        stage,
+        peers,
+        linkIdToNext: i === 0 ? id! : Buffer.alloc(0),
+        linkIdFromPrevious: i === 1 ? id! : Buffer.alloc(0),
+      }),
+    ),
+  );
+  t.equal(front?.code, grpc.status.RESOURCE_EXHAUSTED, `stage 0 failed: ${front?.details}`);
+  t.equal(back?.code, grpc.status.OK, 'stage 1 loaded');
+  t.equal(links.opened - opened, 2, 'both ends had opened');
+  t.equal(links.closed - closed, 1, 'the failed stage closed its end');
+  const out = await unary<UnloadStageReply__Output>((o, cb) => clients[1]!.UnloadStage({ instanceId: 'doomed-2' }, o, cb));
+  t.equal(out.error, null);
+  t.equal(links.closed - closed, 2, 'and unloading the other stage closed the other end');
 });
 
 t.test('a worker whose backend has no links refuses CreateLinkId with FAILED_PRECONDITION', async (t) => {

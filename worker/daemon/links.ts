@@ -31,35 +31,38 @@ export interface StageLinkIds {
 }
 
 /**
- * Opens the links the ids name, both at once; never rejects. A link that opens after `signal`
- * aborted (the load was given up) is closed again.
+ * Opens the links the ids name, both at once, putting each end into `holder.links` as it opens
+ * (whoever frees the holder's device copy closes them, however its load ends); resolves when
+ * both attempts are over, never rejects. An end that opens after `signal` aborted (the load was
+ * given up) is closed at once instead.
  */
 export async function openStageLinks(
   addon: Pick<NativeAddon, 'openLink' | 'closeLink'>,
   backend: BackendName,
   device: number,
   ids: StageLinkIds,
+  holder: { links: StageLinks },
   log: Logger,
   signal: AbortSignal,
-): Promise<StageLinks> {
-  const open = async (id: Buffer, sends: boolean): Promise<LinkHandle | null> => {
-    if (id.length === 0) return null;
+): Promise<void> {
+  const open = async (id: Buffer, sends: boolean): Promise<void> => {
+    if (id.length === 0) return;
     const side = sends ? 'to the next stage' : 'from the previous stage';
+    let link: LinkHandle;
     try {
-      const link = await addon.openLink(backend, { device, uniqueId: id, sends, timeoutMs: LINK_OPEN_TIMEOUT_MS });
-      if (signal.aborted) {
-        addon.closeLink(link);
-        return null;
-      }
-      log.info(`device link ${side} is open`);
-      return link;
+      link = await addon.openLink(backend, { device, uniqueId: id, sends, timeoutMs: LINK_OPEN_TIMEOUT_MS });
     } catch (e) {
       log.warn({ err: e instanceof Error ? e.message : String(e) }, `the device link ${side} did not open: its activations go over gRPC`);
-      return null;
+      return;
     }
+    if (signal.aborted) {
+      addon.closeLink(link);
+      return;
+    }
+    holder.links = sends ? { ...holder.links, toNext: link } : { ...holder.links, fromPrevious: link };
+    log.info(`device link ${side} is open`);
   };
-  const [toNext, fromPrevious] = await Promise.all([open(ids.linkIdToNext, true), open(ids.linkIdFromPrevious, false)]);
-  return { toNext, fromPrevious };
+  await Promise.all([open(ids.linkIdToNext, true), open(ids.linkIdFromPrevious, false)]);
 }
 
 export function closeStageLinks(addon: Pick<NativeAddon, 'closeLink'>, links: StageLinks): void {

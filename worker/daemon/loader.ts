@@ -287,11 +287,11 @@ export async function loadStage(
     phase('INIT', false);
     report('INIT', 0, 1);
     await deps.addon.prepareDevice(deps.backend, device);
-    const links = openStageLinks(deps.addon, deps.backend, device, request, log, loadSignal);
+    const linksOpened = openStageLinks(deps.addon, deps.backend, device, request, record, log, loadSignal);
     await reserved;
     record.nativeStage = deps.addon.createStage(stageSpec);
     await deps.addon.warmUpStage(record.nativeStage);
-    record.links = await untilAborted(links, loadSignal);
+    await untilAborted(linksOpened, loadSignal);
     phase('INIT', true);
     report('INIT', 1, 1);
     return record.nativeStage;
