@@ -378,6 +378,9 @@ std::vector<std::vector<float>> CudaStage::forwardBatch(const std::vector<Forwar
       links.sends[r] = DeviceBuffer(bytes, "activation for the next stage", compute_);
     }
     for (const std::vector<Segment>& pass : planPasses(requests)) runPass(requests, pass, links, outputs);
+    // The passes must be done before this returns (the arrivals' memory is freed on return)
+    // and before a send takes its rows: a link that refuses one frees them at once.
+    if (linked) check(cudaStreamSynchronize(compute_), "forward (over links)");
     for (size_t r = 0; r < requests.size(); ++r) {
       if (!requests[r].outputLink) continue;
       cudaEvent_t ready = nullptr;
@@ -388,8 +391,6 @@ std::vector<std::vector<float>> CudaStage::forwardBatch(const std::vector<Forwar
       const auto floats = static_cast<int64_t>(links.sends[r].bytes() / sizeof(float));
       ncclLinkOf(requests[r].outputLink).send(requests[r].outputTag, std::move(links.sends[r]), floats, ready);
     }
-    // The arrivals' memory is freed on return: the passes reading it must be done.
-    if (linked) check(cudaStreamSynchronize(compute_), "forward (over links)");
   } catch (...) {
     cudaStreamSynchronize(compute_);
     cudaGetLastError();
