@@ -9,6 +9,7 @@
 
 #include "AddonAsync.h"
 #include "AddonErrors.h"
+#include "AddonHandles.h"
 #include "AddonValues.h"
 #include "core/Backends.h"
 #include "core/Errors.h"
@@ -25,10 +26,7 @@ struct HostBufferBox {
 };
 
 HostBufferBox& unwrapBox(const Napi::Value& value, const std::string& what) {
-  if (!value.IsExternal() || !value.As<Napi::External<HostBufferBox>>().CheckTypeTag(&kHostBufferTag)) {
-    throw InvalidArgumentError(what + " must be a HostBufferHandle from allocHostBuffer");
-  }
-  return *value.As<Napi::External<HostBufferBox>>().Data();
+  return unwrapHandle<HostBufferBox>(value, kHostBufferTag, what + " must be a HostBufferHandle from allocHostBuffer");
 }
 
 Napi::Value AllocHostBuffer(const Napi::CallbackInfo& info) {
@@ -36,11 +34,7 @@ Napi::Value AllocHostBuffer(const Napi::CallbackInfo& info) {
   const bool pinned = boolValue(info[1], "pinned");
   auto box = std::make_unique<HostBufferBox>();
   box->buffer = allocateHostBuffer(static_cast<uint64_t>(bytes), pinned);
-  auto handle = Napi::External<HostBufferBox>::New(info.Env(), box.get(),
-                                                   [](Napi::Env, HostBufferBox* owned) { delete owned; });
-  box.release();
-  handle.TypeTag(&kHostBufferTag);
-  return handle;
+  return wrapHandle(info.Env(), std::move(box), kHostBufferTag);
 }
 
 Napi::Value HostBufferInfo(const Napi::CallbackInfo& info) {

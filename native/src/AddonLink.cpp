@@ -7,6 +7,7 @@
 
 #include "AddonAsync.h"
 #include "AddonErrors.h"
+#include "AddonHandles.h"
 #include "AddonValues.h"
 #include "core/Backends.h"
 #include "core/Errors.h"
@@ -22,10 +23,7 @@ struct LinkBox {
 };
 
 LinkBox& unwrapLinkBox(const Napi::Value& value, const std::string& what) {
-  if (!value.IsExternal() || !value.As<Napi::External<LinkBox>>().CheckTypeTag(&kLinkTag)) {
-    throw InvalidArgumentError(what + " must be a LinkHandle from openLink");
-  }
-  return *value.As<Napi::External<LinkBox>>().Data();
+  return unwrapHandle<LinkBox>(value, kLinkTag, what + " must be a LinkHandle from openLink");
 }
 
 Napi::Value LinksAvailable(const Napi::CallbackInfo& info) {
@@ -59,10 +57,7 @@ Napi::Value OpenLink(const Napi::CallbackInfo& info) {
         [](Napi::Env env, std::shared_ptr<StageLink>& link) -> Napi::Value {
           auto box = std::make_unique<LinkBox>();
           box->link = std::move(link);
-          auto handle = Napi::External<LinkBox>::New(env, box.get(), [](Napi::Env, LinkBox* owned) { delete owned; });
-          box.release();
-          handle.TypeTag(&kLinkTag);
-          return handle;
+          return wrapHandle(env, std::move(box), kLinkTag);
         });
   } catch (...) {
     return rejectedPromise(info.Env());

@@ -12,6 +12,7 @@
 
 #include "AddonAsync.h"
 #include "AddonErrors.h"
+#include "AddonHandles.h"
 #include "AddonHostBuffer.h"
 #include "AddonLink.h"
 #include "AddonValues.h"
@@ -32,10 +33,7 @@ struct StageBox {
 };
 
 StageBox& unwrapBox(const Napi::Value& value) {
-  if (!value.IsExternal() || !value.As<Napi::External<StageBox>>().CheckTypeTag(&kStageTag)) {
-    throw InvalidArgumentError("stage must be a StageHandle from createStage");
-  }
-  return *value.As<Napi::External<StageBox>>().Data();
+  return unwrapHandle<StageBox>(value, kStageTag, "stage must be a StageHandle from createStage");
 }
 
 StageBox& liveStage(const Napi::Value& value) {
@@ -238,10 +236,7 @@ Napi::Value stageHandle(Napi::Env env, std::unique_ptr<Stage> stage, const Stage
   auto box = std::make_unique<StageBox>();
   box->stage = std::move(stage);
   box->spec = spec;
-  auto handle = Napi::External<StageBox>::New(env, box.get(), [](Napi::Env, StageBox* owned) { delete owned; });
-  box.release();
-  handle.TypeTag(&kStageTag);
-  return handle;
+  return wrapHandle(env, std::move(box), kStageTag);
 }
 
 Napi::Value CreateStage(const Napi::CallbackInfo& info) {
