@@ -7,6 +7,7 @@
 #   serve     `paraserve up` serves a completion from the GPU
 #   suite     the integration tests (real processes) with the CUDA build
 #   sharing   GPU sharing under a bursty load vs no swapping (bench/gpu-sharing.ts)
+#   fetchpath a worker's main-thread time per GB fetched vs a plain receive (bench/fetch-path.ts)
 #   coldstart cold start by pipeline degree on a 7B shape, one worker per GPU (bench/coldstart.ts;
 #             degrees from COLDSTART_DEGREES, default 1,2,4)
 # Logs and JSON results go to $OUT (or ./gpu-out). Exit status 1 when a step failed.
@@ -57,6 +58,9 @@ for step in $steps; do
     sharing)
       node dist/bench/gpu-sharing.js --models 60 --duration-s 45 --slo-ms 300 > "$out/gpu-sharing.log" 2>&1 || fail sharing
       tail -6 "$out/gpu-sharing.log" ;;
+    fetchpath)
+      node dist/bench/fetch-path.js > "$out/fetch-path.log" 2>&1 || fail fetchpath
+      tail -9 "$out/fetch-path.log" ;;
     coldstart)
       gpus=$(nvidia-smi -L | wc -l)
       node dist/bench/coldstart.js --preset llama-7b --fetch-bandwidth 10Gbit --degrees "${COLDSTART_DEGREES:-1,2,4}" --repeats 1 --gpus "$gpus" \
