@@ -72,6 +72,18 @@ Napi::Promise runAsync(Napi::Env env, const char* name, std::function<Result()> 
   return promise;
 }
 
+// runAsync for work with no result: the promise resolves to undefined.
+inline Napi::Promise runAsyncVoid(Napi::Env env, const char* name, std::function<void()> work,
+                                  Napi::Value pin = Napi::Value()) {
+  return runAsync<bool>(
+      env, name,
+      [work = std::move(work)] {
+        work();
+        return true;
+      },
+      [](Napi::Env resultEnv, bool&) { return resultEnv.Undefined(); }, pin);
+}
+
 // Rejects a promise with the exception being handled; call only inside a catch block. For
 // promise-returning exports, which never throw synchronously.
 Napi::Promise rejectedPromise(Napi::Env env);

@@ -81,13 +81,9 @@ Napi::Value CopyHostBuffer(const Napi::CallbackInfo& info) {
                                  std::to_string(toOffset) + " of a " + std::to_string(to->bytes()) +
                                  "-byte buffer runs past the end of one");
     }
-    return runAsync<bool>(
-        info.Env(), "paraserve.copyHostBuffer",
-        [from, fromOffset, to, toOffset, bytes] {
-          if (bytes > 0) std::memmove(to->data() + toOffset, from->data() + fromOffset, static_cast<size_t>(bytes));
-          return true;
-        },
-        [](Napi::Env env, bool&) { return env.Undefined(); });
+    return runAsyncVoid(info.Env(), "paraserve.copyHostBuffer", [from, fromOffset, to, toOffset, bytes] {
+      if (bytes > 0) std::memmove(to->data() + toOffset, from->data() + fromOffset, static_cast<size_t>(bytes));
+    });
   } catch (...) {
     return rejectedPromise(info.Env());
   }

@@ -220,13 +220,7 @@ Napi::Value PrepareDevice(const Napi::CallbackInfo& info) {
   try {
     Backend* backend = &requireBackend(backendValue(info[0], "backend"));
     const int64_t device = integerValue(info[1], "device", 0, kMaxSafeInteger);
-    return runAsync<bool>(
-        info.Env(), "paraserve.prepareDevice",
-        [backend, device] {
-          backend->prepareDevice(device);
-          return true;
-        },
-        [](Napi::Env env, bool&) { return env.Undefined(); });
+    return runAsyncVoid(info.Env(), "paraserve.prepareDevice", [backend, device] { backend->prepareDevice(device); });
   } catch (...) {
     return rejectedPromise(info.Env());
   }
@@ -363,13 +357,7 @@ Napi::Value StageDeviceBytes(const Napi::CallbackInfo& info) {
 Napi::Value AwaitStageCopies(const Napi::CallbackInfo& info) {
   try {
     std::shared_ptr<Stage> stage = liveStage(info[0]).stage;
-    return runAsync<bool>(
-        info.Env(), "paraserve.awaitStageCopies",
-        [stage] {
-          stage->waitForCopies();
-          return true;
-        },
-        [](Napi::Env env, bool&) { return env.Undefined(); }, info[0]);
+    return runAsyncVoid(info.Env(), "paraserve.awaitStageCopies", [stage] { stage->waitForCopies(); }, info[0]);
   } catch (...) {
     return rejectedPromise(info.Env());
   }
@@ -381,13 +369,7 @@ Napi::Value WarmUpStage(const Napi::CallbackInfo& info) {
     StageBox& box = liveStage(info[0]);
     if (box.forwardsInFlight > 0) throw InvalidArgumentError("cannot warm up a stage while a forward runs on it");
     std::shared_ptr<Stage> stage = box.stage;
-    return runAsync<bool>(
-        info.Env(), "paraserve.warmUpStage",
-        [stage] {
-          stage->warmUp();
-          return true;
-        },
-        [](Napi::Env env, bool&) { return env.Undefined(); }, info[0]);
+    return runAsyncVoid(info.Env(), "paraserve.warmUpStage", [stage] { stage->warmUp(); }, info[0]);
   } catch (...) {
     return rejectedPromise(info.Env());
   }
