@@ -1,16 +1,17 @@
-// How much of a worker's main thread a model fetch costs, against the cheapest possible receive
-// of the same bytes (issue 4: a worker reaches 0.8–1.1 GB/s of a 1.25 GB/s cap because its main
-// thread receives, gathers and writes every byte). A store process serves a synthetic model on
-// loopback; an in-process CPU worker (no overlap, so its FETCH phase is the fetch alone) loads
-// it whole with chunk verification, several times into the same host cache (the first load
-// also pays first-touch page faults, so it is reported apart). The baseline receives the same
-// file with as many ranged GETs at once as the worker uses and drops the bytes. No bandwidth
-// cap: both go as fast as the machine lets them. Reported per path: GB/s, the main thread's
-// busy fraction (event-loop utilisation) and its busy milliseconds per GB, minor page faults
-// per GB, and the ratio to the baseline. The worker's hashing threads and the store are
-// outside the main-thread figure, but they share the CPUs: a main thread that is runnable and
-// waiting for a core counts as busy, so the figures mean something only on a machine with
-// cores to spare (a GPU server), not on a 2-core VM.
+// How fast a worker fetches a model, and how much of its main thread that costs, against the
+// cheapest possible receive of the same bytes on one thread (issue 4: a worker reached
+// 0.8–1.1 GB/s of a 1.25 GB/s cap while its main thread received, gathered and hashed every
+// byte; now fetch threads receive and hash, fetch-threads.ts). A store process serves a
+// synthetic model on loopback; an in-process CPU worker (no overlap, so its FETCH phase is the
+// fetch alone) loads it whole with chunk verification, several times into the same host cache
+// (the first load also pays first-touch page faults, so it is reported apart). The baseline
+// receives the same file with as many ranged GETs at once as the worker uses, on the main
+// thread, and drops the bytes. No bandwidth cap: both go as fast as the machine lets them.
+// Reported per path: GB/s, the main thread's busy fraction (event-loop utilisation) and its
+// busy milliseconds per GB, minor page faults per GB, and the ratios to the baseline. The
+// fetch threads and the store are outside the main-thread figure but share the CPUs, so the
+// figures mean something only on a machine with cores to spare (a GPU server), not on a
+// 2-core VM.
 //   npm run build && npm run bench:fetch-path -- [--preset llama-1b] [--loads 3]
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
@@ -141,7 +142,7 @@ async function main(): Promise<void> {
     const steady = (label: string): Measure[] => rows.filter(([l]) => l.startsWith(label) && !l.includes('page faults')).map(([, m]) => m);
     const meanMsPerGb = (ms: Measure[]): number => ms.reduce((sum, m) => sum + msPerGb(m), 0) / ms.length;
     console.log(`fetch path — preset ${flags.preset}, ${(weights.size / 1e9).toFixed(2)} GB weights file, ${CONCURRENCY} requests in flight, chunks ${CHUNK_BYTES} B, ${os.cpus().length} CPUs (${os.cpus()[0]?.model})`);
-    console.log('baseline: ranged GETs that drop every byte; worker: LoadStage FETCH phase (receive, write into the host cache, gather and hash 4 MiB chunks on two threads)');
+    console.log('baseline: ranged GETs on the main thread that drop every byte; worker: LoadStage FETCH phase (fetch threads receive and hash 4 MiB chunks, the main thread writes into the host cache)');
     console.log(`${'run'.padEnd(26)}${'GB/s'.padStart(8)}${'main busy'.padStart(11)}${'busy ms/GB'.padStart(12)}${'faults/GB'.padStart(11)}`);
     for (const [label, m] of rows) {
       const faultsPerGb = (m.faults / (m.bytes / 1e9)).toFixed(0);
@@ -149,7 +150,11 @@ async function main(): Promise<void> {
     }
     const base = meanMsPerGb(steady('baseline'));
     const ours = meanMsPerGb(steady('worker'));
+    const meanGbPerS = (ms: Measure[]): number => ms.reduce((sum, m) => sum + m.bytes / m.seconds / 1e9, 0) / ms.length;
+    const baseRate = meanGbPerS(steady('baseline'));
+    const ourRate = meanGbPerS(steady('worker'));
     console.log(`main-thread busy ms per GB, steady loads: worker ${ours.toFixed(0)} vs baseline ${base.toFixed(0)} → ×${(ours / base).toFixed(2)}`);
+    console.log(`GB/s, steady loads: worker ${ourRate.toFixed(2)} vs baseline ${baseRate.toFixed(2)} → ×${(ourRate / baseRate).toFixed(2)}`);
   } finally {
     await agent.close();
     await processes.stop();

@@ -238,6 +238,7 @@ t.test('against Swift s3api', { skip }, async (t) => {
       logLevel: 'silent',
       fetchBandwidthBytesPerS: null,
       loadOverlap: true,
+      fetchThreads: 1,
     });
     const client = workerClient(worker.address);
     t.teardown(async () => {

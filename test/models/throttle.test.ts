@@ -132,6 +132,7 @@ t.test('a capped worker loads at about its cap and reports the measured bandwidt
     logLevel: 'silent',
     fetchBandwidthBytesPerS: cap,
     loadOverlap: true,
+    fetchThreads: 1,
   });
   const client = workerClient(worker.address);
   t.teardown(async () => {

@@ -28,6 +28,7 @@ const options: WorkerOptions = {
   logLevel: 'silent',
   fetchBandwidthBytesPerS: null,
   loadOverlap: true,
+  fetchThreads: 1,
 };
 
 /** Holds every forwardBatch call while closed; counts calls and their sizes. */

@@ -46,6 +46,7 @@ const options: WorkerOptions = {
   logLevel: 'silent',
   fetchBandwidthBytesPerS: null,
   loadOverlap: true,
+  fetchThreads: 1,
 };
 
 const scratch = await tempDir('worker');

@@ -185,6 +185,7 @@ const options: WorkerOptions = {
   logLevel: 'silent',
   fetchBandwidthBytesPerS: null,
   loadOverlap: true,
+  fetchThreads: 1,
 };
 
 const scratch = await tempDir('integrity');

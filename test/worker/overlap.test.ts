@@ -95,6 +95,7 @@ function options(id: string, loadOverlap: boolean): WorkerOptions {
     logLevel: 'silent',
     fetchBandwidthBytesPerS: cap,
     loadOverlap,
+    fetchThreads: 1,
   };
 }
 

@@ -46,6 +46,7 @@ function options(id: string, drainTimeoutMs: number): WorkerOptions {
     logLevel: 'silent',
     fetchBandwidthBytesPerS: null,
     loadOverlap: true,
+    fetchThreads: 1,
   };
 }
 

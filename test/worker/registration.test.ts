@@ -63,6 +63,7 @@ t.test('a worker registers with retries, the admin token, and again when unwatch
     logLevel: 'silent',
     fetchBandwidthBytesPerS: null,
     loadOverlap: true,
+    fetchThreads: 1,
   });
   const client = workerClient(worker.address);
   t.teardown(async () => {

@@ -2,7 +2,8 @@
 // host cache copy, kept after the load for later swap-ins; making room for it may evict
 // host-only copies, host-cache.ts) and onto a device, reporting each phase. A stage whose
 // weights cannot fit on the device is refused before its bytes are fetched (memory.ts).
-// Fetch runs several ranged requests at once in layer order (fetch-plan.ts lays them out).
+// Fetch runs several ranged requests at once in layer order (fetch-plan.ts lays them out), each
+// received and hashed on a fetch thread (fetch-threads.ts) and copied into the buffer here.
 // With overlap (issue 4, the default), three things run from t=0: the fetch; runtime init
 // (prepareDevice's context creation, then createStage: weights and KV cache space — on the
 // CPU backend, allocation — then a warm-up pass that loads the stage's kernels before its
@@ -34,7 +35,7 @@ import type { ModelConfig } from '../models/model-config.js';
 import { parseModelConfig } from '../models/config.js';
 import { readCheckpointTensors, type TensorInfo } from '../models/safetensors.js';
 import { openModelSource, type ModelSourceReader } from '../models/source.js';
-import { throttledSource } from '../models/throttle.js';
+import { throttledSource, type FetchLimiter } from '../models/throttle.js';
 import { planStageTensors, stageSpecFor, type StageRangeSpec } from '../models/stage-plan.js';
 import type { BackendName, HostBufferHandle, NativeAddon, StageHandle } from '../native/addon-types.js';
 import { toStatus, WorkerError, type StatusReport } from './errors.js';
@@ -47,7 +48,7 @@ import {
   type FetchRange,
   type FileChunkHashes,
 } from './fetch-plan.js';
-import { sha256Off } from './chunk-hasher.js';
+import { fetchOnThread } from './fetch-threads.js';
 import { allocateHostCopy, releaseNative } from './host-cache.js';
 import { openStageLinks, NO_LINKS } from './links.js';
 import { contentKeyOf, localCopies } from './local-copies.js';
@@ -301,7 +302,8 @@ export async function loadStage(
     phase('FETCH', false);
     report('FETCH', 0, 0);
     const init = deps.loadOverlap ? track(initStage()) : null;
-    const source = throttledSource(openModelSource(request.source.uri, { timeoutMs: deps.fetchStallTimeoutMs }), deps.state.fetchLimiter);
+    const remote: RemoteSource = { uri: request.source.uri, timeoutMs: deps.fetchStallTimeoutMs, limiter: deps.state.fetchLimiter };
+    const source = throttledSource(openModelSource(remote.uri, { timeoutMs: remote.timeoutMs }), remote.limiter);
     await verifySizes(source, request.source.files);
     loadSignal.throwIfAborted();
     const tensors = await readCheckpointTensors(source);
@@ -342,7 +344,7 @@ export async function loadStage(
     }
     const fetchStarted = performance.now();
     const fetching = track(
-      fetchInto(deps, log, source, plan, buffer, loadSignal, (index, done) => {
+      fetchInto(deps, log, remote, plan, buffer, loadSignal, (index, done) => {
         landed.rangeDone(index);
         report('FETCH', done, plan.fetchBytes);
       }).then(() => {
@@ -402,93 +404,66 @@ interface ChunkFailure {
   actual: string;
 }
 
-/** Chunks of one range being hashed at once; the fetch waits for the oldest beyond this. */
-const HASHES_IN_FLIGHT = 8;
+/** Where a load's ranged requests go, and the cap they share. */
+interface RemoteSource {
+  uri: string;
+  timeoutMs: number;
+  limiter: FetchLimiter;
+}
 
 /**
- * Fetches one range: copies the bytes its targets need into the buffer and hashes each of its
- * chunks, on the hashing threads, once all its bytes arrived. Resolves to the chunks that
- * failed verification (a stream that ends early fails the chunks it did not complete).
+ * Fetches one range on a fetch thread, which hashes each of its chunks as the bytes pass;
+ * copies the bytes its targets need into the buffer. Resolves to the chunks that failed
+ * verification.
  */
 async function fetchRange(
   addon: NativeAddon,
-  source: ModelSourceReader,
+  source: RemoteSource,
   range: FetchRange,
   buffer: HostBufferHandle,
   signal: AbortSignal,
 ): Promise<ChunkFailure[]> {
-  const failures: ChunkFailure[] = [];
-  const hashing: Promise<void>[] = [];
-  let expectedOffset = range.begin;
   let target = 0;
-  let chunk = 0;
-  let chunkBytes: Uint8Array | null = null;
-  let filled = 0;
-  /** Chunk buffers back from hashing, to be filled again. */
-  const spare: Uint8Array[] = [];
-  const verify = (c: FetchChunk, bytes: Uint8Array): Promise<void> =>
-    sha256Off(bytes).then(({ digest, bytes: back }) => {
-      if (digest !== c.sha256) failures.push({ chunk: c, actual: digest });
-      spare.push(back);
-    });
-  const chunkBuffer = (length: number): Uint8Array => {
-    const reused = spare.pop();
-    // Every byte is written before it is hashed: no need to zero a new buffer.
-    return reused !== undefined && reused.length === length ? reused : Buffer.allocUnsafeSlow(length);
+  const writeTargets = (offset: number, bytes: Uint8Array): void => {
+    const bytesEnd = offset + bytes.length;
+    while (target < range.targets.length && range.targets[target]!.end <= offset) target++;
+    for (let k = target; k < range.targets.length && range.targets[k]!.begin < bytesEnd; k++) {
+      const t = range.targets[k]!;
+      const from = Math.max(t.begin, offset);
+      const to = Math.min(t.end, bytesEnd);
+      if (from < to) addon.writeHostBuffer(buffer, t.bufferOffset + (from - t.begin), bytes.subarray(from - offset, to - offset));
+    }
   };
+  const ended = source.limiter.begin();
+  let digests: string[];
   try {
-    await source.streamRange(
-      range.file,
-      range.begin,
-      range.end,
-      async (piece, offset) => {
-        if (signal.aborted) return;
-        if (offset !== expectedOffset) {
-          throw new WorkerError(status.INTERNAL, `${range.file}: the source sent bytes at ${offset}, expected ${expectedOffset}`);
-        }
-        expectedOffset += piece.length;
-        const pieceEnd = offset + piece.length;
-        while (target < range.targets.length && range.targets[target]!.end <= offset) target++;
-        for (let k = target; k < range.targets.length && range.targets[k]!.begin < pieceEnd; k++) {
-          const t = range.targets[k]!;
-          const from = Math.max(t.begin, offset);
-          const to = Math.min(t.end, pieceEnd);
-          if (from < to) addon.writeHostBuffer(buffer, t.bufferOffset + (from - t.begin), piece.subarray(from - offset, to - offset));
-        }
-        for (let at = 0; at < piece.length && chunk < range.chunks.length; ) {
-          const c = range.chunks[chunk]!;
-          chunkBytes ??= chunkBuffer(c.end - c.begin);
-          const take = Math.min(piece.length - at, chunkBytes.length - filled);
-          chunkBytes.set(piece.subarray(at, at + take), filled);
-          filled += take;
-          at += take;
-          if (filled === chunkBytes.length) {
-            hashing.push(verify(c, chunkBytes));
-            chunk++;
-            chunkBytes = null;
-            filled = 0;
-          }
-        }
-        if (hashing.length >= HASHES_IN_FLIGHT) await hashing.shift();
+    digests = await fetchOnThread(
+      {
+        uri: source.uri,
+        timeoutMs: source.timeoutMs,
+        limit: source.limiter.shared,
+        file: range.file,
+        begin: range.begin,
+        end: range.end,
+        chunkEnds: range.chunks.map((c) => c.end),
       },
+      writeTargets,
       signal,
     );
   } finally {
-    // No hash is left running behind a failed fetch.
-    await Promise.allSettled(hashing);
+    ended();
   }
-  await Promise.all(hashing);
-  for (; chunk < range.chunks.length; chunk++) {
-    failures.push({ chunk: range.chunks[chunk]!, actual: `none (the source sent ${expectedOffset - range.begin} of ${range.end - range.begin} bytes)` });
-  }
-  return failures;
+  return range.chunks.flatMap((chunk, i) => {
+    const actual = digests[i] ?? 'none (the fetch ended before the chunk did)';
+    return actual === chunk.sha256 ? [] : [{ chunk, actual }];
+  });
 }
 
 /** Fetches a range and refetches each chunk that fails verification once; DATA_LOSS if it fails again. */
 async function fetchVerified(
   deps: LoaderDeps,
   log: Logger,
-  source: ModelSourceReader,
+  source: RemoteSource,
   range: FetchRange,
   buffer: HostBufferHandle,
   signal: AbortSignal,
@@ -521,7 +496,7 @@ async function fetchVerified(
 async function fetchInto(
   deps: LoaderDeps,
   log: Logger,
-  source: ModelSourceReader,
+  source: RemoteSource,
   plan: FetchPlan,
   buffer: HostBufferHandle,
   signal: AbortSignal,

@@ -13,6 +13,7 @@ import { FetchLimiter } from '../models/throttle.js';
 import { chooseBackend, loadNativeAddon } from '../native/addon.js';
 import type { BackendName, HostPoolInfo, NativeAddon } from '../native/addon-types.js';
 import { advertisedHost, formatAddress } from './address.js';
+import { DEFAULT_FETCH_THREADS, startFetchThreads } from './fetch-threads.js';
 import { releaseNative } from './host-cache.js';
 import { MAX_ACTIVATION_MESSAGE_BYTES } from './pipeline.js';
 import { GatewayRegistration } from './registration.js';
@@ -58,6 +59,11 @@ export interface WorkerOptions {
    * sets it.)
    */
   deviceMemoryBytes?: number | null;
+  /**
+   * Threads that receive and hash fetched bytes (fetch-threads.ts); workers in one process
+   * share them. Absent: DEFAULT_FETCH_THREADS. (Optional until every caller sets it.)
+   */
+  fetchThreads?: number;
 }
 
 export interface RunningWorker {
@@ -126,6 +132,8 @@ export async function startWorkerWith(opts: WorkerOptions, runtime: WorkerRuntim
   if (pinHostCache && !pool.pinned) {
     logger.warn({ hostCacheBytes: opts.hostCacheBytes }, 'could not pin the host cache: it is pageable memory, host-to-GPU copies run slower');
   }
+  // Fetch threads run before the worker takes work, so no cold start waits for one to start.
+  await startFetchThreads(opts.fetchThreads ?? DEFAULT_FETCH_THREADS);
   // Pipeline activations of a long prefill exceed gRPC's 4 MiB default.
   const server = new grpc.Server({ 'grpc.max_receive_message_length': MAX_ACTIVATION_MESSAGE_BYTES });
   const bindAddress = formatAddress(opts.host, opts.port);

@@ -10,6 +10,7 @@ import { NotImplementedError } from '../native/errors.js';
 import { toStatus, WorkerError } from './errors.js';
 import { parseModelConfig } from '../models/config.js';
 import type { LoadStageRequest__Output } from '../../protos/generated/paraserve/v1/LoadStageRequest.js';
+import type { LoadProgress__Output } from '../../protos/generated/paraserve/v1/LoadProgress.js';
 import { loadStage, resolveStage, unloadInstance, type LoaderDeps } from './loader.js';
 import { isPartialStage, peersProblem, PipelinePeers, runPipelineGenerate, serveActivations, type PipelineDeps } from './pipeline.js';
 import { LinkTags } from './links.js';
@@ -84,7 +85,12 @@ export function workerHandlers(deps: ServiceDeps): WorkerHandlers {
         failStream(call, new WorkerError(status.INVALID_ARGUMENT, problem), logger);
         return;
       }
-      loadStage(deps, call.request, (progress) => void writeWithBackpressure(call, progress, signal), signal).then(
+      // Progress is a few hundred small messages a load, each needed (READY ends it): written
+      // as they come, buffered by the stream while the caller is slow; nobody waits on them.
+      const report = (progress: LoadProgress__Output): void => {
+        if (!call.cancelled && !signal.aborted) call.write(progress);
+      };
+      loadStage(deps, call.request, report, signal).then(
         () => {
           if (call.request.stage !== null && isPartialStage(call.request.stage)) {
             pipeline.peers.set(call.request.instanceId, call.request.peers);

@@ -7,6 +7,7 @@ import { InvalidArgumentError, Option, type Command } from 'commander';
 import { announceReady, waitForStop } from '../lifecycle.js';
 import { DEFAULT_GATEWAY_URL, logLevelOption, parseBytes, parseHttpUrl, parseIntIn, parsePort } from '../options.js';
 import { note } from '../output.js';
+import { DEFAULT_FETCH_THREADS } from '../../../worker/daemon/fetch-threads.js';
 
 interface WorkerFlags {
   id?: string;
@@ -20,6 +21,7 @@ interface WorkerFlags {
   logLevel: string;
   fetchBandwidth: number | null;
   fetchStallTimeout: number;
+  fetchThreads: number;
   deviceMemory?: number;
   loadOverlap: boolean;
 }
@@ -106,6 +108,12 @@ export function registerWorkerCommand(program: Command): void {
         .env('PARASERVE_FETCH_STALL_TIMEOUT_MS'),
     )
     .addOption(
+      new Option('--fetch-threads <n>', 'threads that receive and hash model fetches')
+        .default(DEFAULT_FETCH_THREADS)
+        .argParser(parseIntIn(1, 64))
+        .env('PARASERVE_FETCH_THREADS'),
+    )
+    .addOption(
       new Option(
         '--no-load-overlap',
         'load models one phase after another (fetch, then runtime init, then copy), a baseline; also PARASERVE_LOAD_OVERLAP=0',
@@ -132,6 +140,7 @@ export function registerWorkerCommand(program: Command): void {
         logLevel: flags.logLevel,
         fetchBandwidthBytesPerS: flags.fetchBandwidth,
         fetchStallTimeoutMs: flags.fetchStallTimeout,
+        fetchThreads: flags.fetchThreads,
         deviceMemoryBytes: flags.deviceMemory ?? null,
         loadOverlap: flags.loadOverlap && envOverlap,
       });
