@@ -29,6 +29,9 @@ export async function adminModelRoutes(app: FastifyInstance): Promise<void> {
     try {
       const record = app.registry.addModel(model);
       request.log.info({ model: name, source, bytes: record.bytes }, 'model registered');
+      // Its tokenizer and cold-start plan are built now, not by its first request.
+      const serving = app.catalog.get(name);
+      if (serving !== null) app.scheduler.prepareModel(serving);
       return reply.status(201).send({ model: record });
     } catch (e) {
       if (e instanceof RegistryConflictError) throw conflict(e.message, 'name');
