@@ -9,7 +9,8 @@
 #   sharing   GPU sharing under a bursty load vs no swapping (bench/gpu-sharing.ts)
 #   fetchpath a worker's main-thread time per GB fetched vs a plain receive (bench/fetch-path.ts)
 #   coldstart cold start by pipeline degree on a 7B shape, one worker per GPU (bench/coldstart.ts;
-#             degrees from COLDSTART_DEGREES, default 1,2,4)
+#             degrees from COLDSTART_DEGREES, default 1,2,4; cold starts per configuration from
+#             COLDSTART_REPEATS, default 1)
 # Logs and JSON results go to $OUT (or ./gpu-out). Exit status 1 when a step failed.
 set -uo pipefail
 out="${OUT:-gpu-out}"
@@ -63,7 +64,7 @@ for step in $steps; do
       tail -9 "$out/fetch-path.log" ;;
     coldstart)
       gpus=$(nvidia-smi -L | wc -l)
-      node dist/bench/coldstart.js --preset llama-7b --fetch-bandwidth 10Gbit --degrees "${COLDSTART_DEGREES:-1,2,4}" --repeats 1 --gpus "$gpus" \
+      node dist/bench/coldstart.js --preset llama-7b --fetch-bandwidth 10Gbit --degrees "${COLDSTART_DEGREES:-1,2,4}" --repeats "${COLDSTART_REPEATS:-1}" --gpus "$gpus" \
         --worker-host-cache 20GiB --chunk-bytes 4194304 --store-processes 4 > "$out/coldstart.log" 2>&1 || fail coldstart
       tail -12 "$out/coldstart.log" ;;
     *) fail "unknown step $step" ;;

@@ -62,6 +62,7 @@ if (!existsSync(cliPath)) {
       [['gateway', '--port', '70000'], /--port.*70000.*invalid/],
       [['worker', '--backend', 'gpu'], /Allowed choices are auto, cpu, cuda/],
       [['worker', '--host-cache-bytes', 'lots'], /--host-cache-bytes.*invalid/],
+      [['worker', '--fetch-threads', '0'], /--fetch-threads.*invalid/],
       [['models', 'register', 'only-a-name'], /missing required argument 'source'/],
       [['make-model', '--out', 'x'], /--preset <name>.*not specified/],
       [['models', 'ls', '--gateway', 'ftp://x'], /http:\/\/ or https:\/\//],
