@@ -3,7 +3,9 @@
 // one worker. Greedy and seeded-sampled tokens must be identical (the last stage samples with
 // the single-worker code path and the hidden states travel as exact float32); cancelling frees
 // every stage's sequence; a stage unloaded or going away mid-request fails it with UNAVAILABLE;
-// a stage swapped out and back in from its host copy serves the same tokens.
+// a stage swapped out and back in from its host copy serves the same tokens; a loading stage
+// connects to the next stage's worker before any request, and drops the connection on unload.
+import { connect, createServer, type Socket } from 'node:net';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import t, { type Test } from 'tap';
@@ -11,10 +13,10 @@ import type { GenerateEvent__Output } from '../../protos/generated/paraserve/v1/
 import type { GenerateRequest } from '../../protos/generated/paraserve/v1/GenerateRequest.js';
 import type { SwapReply__Output } from '../../protos/generated/paraserve/v1/SwapReply.js';
 import type { UnloadStageReply__Output } from '../../protos/generated/paraserve/v1/UnloadStageReply.js';
-import type { StageRange } from '../../protos/generated/paraserve/v1/StageRange.js';
+import type { StageRange, StageRange__Output } from '../../protos/generated/paraserve/v1/StageRange.js';
 import type { WorkerClient } from '../../protos/generated/paraserve/v1/Worker.js';
 import { startWorker, type RunningWorker, type WorkerOptions } from '../../worker/daemon/main.js';
-import { decodeHidden, encodeHidden, peersProblem } from '../../worker/daemon/pipeline.js';
+import { decodeHidden, encodeHidden, nextStageAddress, peersProblem } from '../../worker/daemon/pipeline.js';
 import {
   collect,
   firstToken,
@@ -91,6 +93,49 @@ t.test('peers must match a partial stage', async (t) => {
   t.equal(peersProblem(middle, ['a', 'b', 'c', 'd']), null);
   const bad = await loadStage(clients[0]!, { ...loadRequest(model, 'no-peers'), stage: ranges(2)[0]!, peers: [] });
   t.equal(bad.code, grpc.status.INVALID_ARGUMENT, 'LoadStage of a partial stage without peers is refused');
+});
+
+t.test("a stage's next stage is the peer after it, if any", async (t) => {
+  const stage = (stageIndex: number, stageCount: number, whole = false): StageRange__Output => ({
+    layerStart: 0, layerEnd: 1, hasEmbeddings: whole || stageIndex === 0, hasHead: whole || stageIndex === stageCount - 1, stageIndex, stageCount,
+  });
+  const peers = ['a:1', 'b:2', 'c:3'];
+  t.equal(nextStageAddress(stage(0, 3), peers), 'b:2');
+  t.equal(nextStageAddress(stage(1, 3), peers), 'c:3');
+  t.equal(nextStageAddress(stage(2, 3), peers), null, 'the last stage sends to nobody');
+  t.equal(nextStageAddress(stage(0, 1, true), []), null, 'a whole model has no next stage');
+});
+
+t.test('a loading stage connects to the next stage before any request and lets go on unload', async (t) => {
+  // A TCP proxy in front of the next stage's worker, to see the connection come and go.
+  const sockets: Socket[] = [];
+  const closed: Socket[] = [];
+  const [host, upstreamPort] = workers[1]!.address.split(':');
+  const next = createServer((socket) => {
+    sockets.push(socket);
+    socket.on('close', () => closed.push(socket));
+    const upstream = connect(Number(upstreamPort), host);
+    socket.pipe(upstream).pipe(socket);
+    upstream.on('error', () => socket.destroy());
+    socket.on('error', () => upstream.destroy());
+    socket.on('close', () => upstream.destroy());
+  });
+  await new Promise<void>((resolve) => next.listen(0, '127.0.0.1', resolve));
+  t.teardown(() => {
+    for (const socket of sockets) socket.destroy();
+    next.close();
+  });
+  const port = (next.address() as { port: number }).port;
+  const stage = ranges(2)[0]!;
+  const loaded = await loadStage(clients[0]!, { ...loadRequest(model, 'p2-connect'), stage, peers: [workers[0]!.address, `127.0.0.1:${port}`] });
+  t.equal(loaded.code, grpc.status.OK, loaded.details);
+  const deadline = Date.now() + 5_000;
+  while (sockets.length === 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
+  t.equal(sockets.length, 1, 'one connection to the next stage, opened by the load');
+  const unloaded = await unary<UnloadStageReply__Output>((o, cb) => clients[0]!.UnloadStage({ instanceId: 'p2-connect' }, o, cb));
+  t.equal(unloaded.error, null);
+  while (closed.length === 0 && Date.now() < deadline + 5_000) await new Promise((resolve) => setTimeout(resolve, 20));
+  t.equal(closed.length, 1, 'closed once the stage is gone');
 });
 
 t.test('hidden states survive the wire exactly', async (t) => {

@@ -4,7 +4,9 @@
 // that cannot open — a backend without links (CPU), two stages on one GPU, a peer that never
 // joins — is logged and left out: that hop's activations then travel in the ForwardActivations
 // messages, and every message says which way its hidden states came (Activation.link_tag),
-// so both ends agree per message.
+// so both ends agree per message. The gRPC connection to the next stage's worker is made
+// during runtime init too (pipeline.ts connectNextStage), so no first request waits for it.
+import type * as grpc from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import type { BackendName, LinkHandle, NativeAddon } from '../native/addon-types.js';
 
@@ -20,9 +22,11 @@ export const LINK_OPEN_TIMEOUT_MS = 10_000;
 export interface StageLinks {
   toNext: LinkHandle | null;
   fromPrevious: LinkHandle | null;
+  /** A client holding the connection to the next stage's worker; null for the last stage or a whole model. */
+  nextStage: grpc.Client | null;
 }
 
-export const NO_LINKS: Readonly<StageLinks> = Object.freeze({ toNext: null, fromPrevious: null });
+export const NO_LINKS: Readonly<StageLinks> = Object.freeze({ toNext: null, fromPrevious: null, nextStage: null });
 
 /** LoadStage's link ids; an empty id means no link on that side. */
 export interface StageLinkIds {
@@ -68,6 +72,7 @@ export async function openStageLinks(
 export function closeStageLinks(addon: Pick<NativeAddon, 'closeLink'>, links: StageLinks): void {
   if (links.toNext !== null) addon.closeLink(links.toNext);
   if (links.fromPrevious !== null) addon.closeLink(links.fromPrevious);
+  links.nextStage?.close();
 }
 
 /** Tags of the activations this worker sends over links: unique per worker, never 0 (0 = no link). */

@@ -7,7 +7,8 @@
 // With overlap (issue 4, the default), three things run from t=0: the fetch; runtime init
 // (prepareDevice's context creation, then createStage: weights and KV cache space — on the
 // CPU backend, allocation — then a warm-up pass that loads the stage's kernels before its
-// weights land, and a pipeline stage's device links to its neighbours, links.ts);
+// weights land, and a pipeline stage's device links to its neighbours and its connection to
+// the next stage's worker, links.ts);
 // and the copy, which binds each tensor from the host buffer as
 // soon as init is done and every range holding its bytes has landed and been verified, in
 // layer order, while later layers are still fetching. Without overlap
@@ -51,6 +52,7 @@ import {
 import { fetchOnThread } from './fetch-threads.js';
 import { allocateHostCopy, releaseNative } from './host-cache.js';
 import { openStageLinks, NO_LINKS } from './links.js';
+import { connectNextStage, nextStageAddress } from './pipeline.js';
 import { contentKeyOf, localCopies } from './local-copies.js';
 import { untilAborted } from './until-aborted.js';
 import { chooseDevice, estimateWeightBytes } from './memory.js';
@@ -287,6 +289,8 @@ export async function loadStage(
     loadSignal.throwIfAborted();
     phase('INIT', false);
     report('INIT', 0, 1);
+    const next = nextStageAddress(resolved.range, request.peers);
+    if (next !== null) record.links = { ...record.links, nextStage: connectNextStage(next) };
     await deps.addon.prepareDevice(deps.backend, device);
     const linksOpened = openStageLinks(deps.addon, deps.backend, device, request, record, log, loadSignal);
     await reserved;
