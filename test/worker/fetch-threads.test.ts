@@ -1,15 +1,16 @@
 // Ranged requests on the fetch threads, over a local HTTP server: every byte reaches the main
 // thread in order through the shared slots (more bytes than the slots hold at once), chunk
 // digests equal node:crypto's, several jobs at once share one bandwidth cap across threads,
-// an abort stops a job promptly with its reason, a failing sink fails its job, and the
-// source's errors arrive as toStatus reads them.
+// an abort stops a job promptly with its reason, a failing sink fails its job, the source's
+// errors arrive as toStatus reads them, and preparing the threads for any source, even one
+// that cannot be opened, leaves them working.
 import { createHash } from 'node:crypto';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { status } from '@grpc/grpc-js';
 import t from 'tap';
 import { toStatus } from '../../worker/daemon/errors.js';
-import { fetchOnThread, startFetchThreads, type FetchJob } from '../../worker/daemon/fetch-threads.js';
+import { fetchOnThread, prepareFetchThreads, startFetchThreads, type FetchJob } from '../../worker/daemon/fetch-threads.js';
 import { FetchLimiter } from '../../worker/models/throttle.js';
 import { heldDirectory, serveDirectory, tempDir } from './fixtures/harness.js';
 
@@ -111,4 +112,14 @@ t.test("the source's errors keep the name and code toStatus maps", async (t) => 
   t.match(short, { name: 'ModelFormatError', message: /short read/ });
   const refused = await fetchOnThread({ ...job(0, 10), uri: 'http://127.0.0.1:1' }, () => undefined, new AbortController().signal).catch((e: unknown) => e);
   t.equal(toStatus(refused).code, status.UNAVAILABLE, String(refused));
+});
+
+t.test('preparing the threads for a source, even one that cannot be opened, leaves them working', async (t) => {
+  for (const uri of ['gopher://nowhere/model', 'not a uri', 's3://bucket/model', http.url]) prepareFetchThreads(uri, 10_000);
+  const jobs = [0, 1, 2, 3].map((i) => {
+    const { out, sink } = collector(i * MB, (i + 1) * MB);
+    return fetchOnThread(job(i * MB, (i + 1) * MB), sink, new AbortController().signal).then(() => out);
+  });
+  const parts = await Promise.all(jobs);
+  parts.forEach((out, i) => t.ok(Buffer.from(out).equals(Buffer.from(blob.subarray(i * MB, (i + 1) * MB))), `job ${i} on a prepared thread`));
 });

@@ -116,6 +116,15 @@ async function run(job: FetchJob, signal: AbortSignal): Promise<void> {
 
 port.on('message', (message: ToFetchThread) => {
   switch (message.type) {
+    case 'prepare':
+      try {
+        // Opening starts what the source needs before its first read (the S3 client); its
+        // problems surface again in the jobs, which report them.
+        openModelSource(message.uri, { timeoutMs: message.timeoutMs });
+      } catch {
+        // Reported by the load's own header reads and jobs.
+      }
+      break;
     case 'fetch': {
       const abort = new AbortController();
       running.set(message.job.id, abort);

@@ -38,7 +38,11 @@ export interface FetchThreadData {
   slotBytes: number;
 }
 
-export type ToFetchThread = { type: 'fetch'; job: FetchJob } | { type: 'free'; slot: Uint8Array<ArrayBuffer> } | { type: 'cancel'; job: number };
+export type ToFetchThread =
+  | { type: 'prepare'; uri: string; timeoutMs: number }
+  | { type: 'fetch'; job: FetchJob }
+  | { type: 'free'; slot: Uint8Array<ArrayBuffer> }
+  | { type: 'cancel'; job: number };
 
 /** An error as it crosses threads: what toStatus (errors.ts) reads of it. */
 export interface PostedError {
@@ -94,6 +98,10 @@ class FetchThread {
 
   get load(): number {
     return this.jobs.size;
+  }
+
+  prepare(uri: string, timeoutMs: number): void {
+    this.post({ type: 'prepare', uri, timeoutMs });
   }
 
   run(job: FetchJob, onBytes: BytesSink, signal: AbortSignal): Promise<string[]> {
@@ -174,6 +182,17 @@ export async function startFetchThreads(count: number): Promise<void> {
   poolSize = Math.max(poolSize, count);
   fillPool();
   await Promise.all(threads.map((t) => t.ready));
+}
+
+/**
+ * Lets every fetch thread open the source before the load's first job arrives, while the main
+ * thread reads the checkpoint's headers: an s3:// source loads the AWS SDK and makes its
+ * client then (≈ 0.15 s per thread, once per process), not on the cold start's critical path.
+ * Problems with the source are left for the jobs to report.
+ */
+export function prepareFetchThreads(uri: string, timeoutMs: number): void {
+  fillPool();
+  for (const thread of threads) thread.prepare(uri, timeoutMs);
 }
 
 /**

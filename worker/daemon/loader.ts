@@ -49,7 +49,7 @@ import {
   type FetchRange,
   type FileChunkHashes,
 } from './fetch-plan.js';
-import { fetchOnThread } from './fetch-threads.js';
+import { fetchOnThread, prepareFetchThreads } from './fetch-threads.js';
 import { allocateHostCopy, releaseNative } from './host-cache.js';
 import { openStageLinks, NO_LINKS } from './links.js';
 import { connectNextStage, nextStageAddress } from './pipeline.js';
@@ -307,6 +307,7 @@ export async function loadStage(
     report('FETCH', 0, 0);
     const init = deps.loadOverlap ? track(initStage()) : null;
     const remote: RemoteSource = { uri: request.source.uri, timeoutMs: deps.fetchStallTimeoutMs, limiter: deps.state.fetchLimiter };
+    prepareFetchThreads(remote.uri, remote.timeoutMs);
     const source = throttledSource(openModelSource(remote.uri, { timeoutMs: remote.timeoutMs }), remote.limiter);
     await verifySizes(source, request.source.files);
     loadSignal.throwIfAborted();

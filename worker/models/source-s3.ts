@@ -65,6 +65,9 @@ function connectionFor(settings: S3Settings, timeoutMs: number): Promise<S3Conne
   let connection = connections.get(key);
   if (connection === undefined) {
     connection = import('@aws-sdk/client-s3').then((sdk) => ({ sdk, client: newClient(sdk, settings, timeoutMs) }));
+    // Every read awaits it and reports its failure; a source opened ahead of its reads (a
+    // fetch thread preparing for a load) must not leave the rejection unhandled meanwhile.
+    connection.catch(() => undefined);
     connections.set(key, connection);
   }
   return connection;
