@@ -132,6 +132,12 @@ export async function closeBenchHttp(): Promise<void> {
   await http.close();
 }
 
+/** Bytes [0, size) in `count` contiguous parts of equal length (the last may be shorter), none empty. */
+export function splitRange(size: number, count: number): (readonly [number, number])[] {
+  const per = Math.ceil(size / count);
+  return Array.from({ length: count }, (_, i) => [i * per, Math.min(size, (i + 1) * per)] as const).filter(([from, to]) => from < to);
+}
+
 /** Nearest-rank percentile: the element at floor(q·n) of the sorted values (the last for q near 1); null when empty. */
 export function percentile(values: readonly number[], q: number): number | null {
   if (values.length === 0) return null;

@@ -29,7 +29,7 @@ import { openModelSource } from '../worker/models/source.js';
 import { writeSyntheticModel } from '../worker/models/synthetic.js';
 import { FetchLimiter } from '../worker/models/throttle.js';
 import { DEFAULT_FETCH_THREADS, fetchOnThread, startFetchThreads } from '../worker/daemon/fetch-threads.js';
-import { benchProcesses, closeBenchHttp, getJson, percentile, postJson, streamCompletion, waitFor, type Completion } from './cluster.js';
+import { benchProcesses, splitRange, closeBenchHttp, getJson, percentile, postJson, streamCompletion, waitFor, type Completion } from './cluster.js';
 
 const { values: flags } = parseArgs({
   options: {
@@ -161,10 +161,8 @@ async function download(storeModelUrl: string, files: readonly { path: string; s
     await mkdir(path.dirname(target), { recursive: true });
     const fd = openSync(target, 'w');
     try {
-      const part = Math.ceil(file.size / 4);
-      const parts = [0, 1, 2, 3].map((i) => [i * part, Math.min(file.size, (i + 1) * part)] as const).filter(([from, to]) => from < to);
       await Promise.all(
-        parts.map(([begin, end]) =>
+        splitRange(file.size, 4).map(([begin, end]) =>
           fetchOnThread(
             { uri: storeModelUrl, timeoutMs: 30_000, limit, file: file.path, begin, end, chunkEnds: [] },
             (offset, bytes) => writeSync(fd, bytes, 0, bytes.length, offset),

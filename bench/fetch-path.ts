@@ -27,7 +27,7 @@ import { startWorker } from '../worker/daemon/main.js';
 import { hashModelFiles } from '../worker/models/inspect.js';
 import { openModelSource } from '../worker/models/source.js';
 import { writeSyntheticModel } from '../worker/models/synthetic.js';
-import { benchProcesses } from './cluster.js';
+import { benchProcesses, splitRange } from './cluster.js';
 
 const { values: flags } = parseArgs({
   options: {
@@ -65,10 +65,8 @@ async function measured(work: () => Promise<number>): Promise<Measure> {
 
 /** The baseline: the file in CONCURRENCY ranged GETs at once, every byte dropped. */
 async function receiveOnly(agent: Agent, url: string, size: number): Promise<number> {
-  const per = Math.ceil(size / CONCURRENCY);
-  const parts = Array.from({ length: CONCURRENCY }, (_, i) => [i * per, Math.min(size, (i + 1) * per)] as const).filter(([a, b]) => a < b);
   const got = await Promise.all(
-    parts.map(async ([from, to]) => {
+    splitRange(size, CONCURRENCY).map(async ([from, to]) => {
       const res = await request(url, { dispatcher: agent, headers: { range: `bytes=${from}-${to - 1}` } });
       let n = 0;
       for await (const piece of res.body) n += (piece as Buffer).length;
@@ -138,21 +136,21 @@ async function main(): Promise<void> {
       await worker.close();
     }
 
+    const gbPerS = (m: Measure): number => m.bytes / m.seconds / 1e9;
     const msPerGb = (m: Measure): number => (m.busy * m.seconds * 1000) / (m.bytes / 1e9);
     const steady = (label: string): Measure[] => rows.filter(([l]) => l.startsWith(label) && !l.includes('page faults')).map(([, m]) => m);
-    const meanMsPerGb = (ms: Measure[]): number => ms.reduce((sum, m) => sum + msPerGb(m), 0) / ms.length;
+    const mean = (ms: Measure[], of: (m: Measure) => number): number => ms.reduce((sum, m) => sum + of(m), 0) / ms.length;
     console.log(`fetch path — preset ${flags.preset}, ${(weights.size / 1e9).toFixed(2)} GB weights file, ${CONCURRENCY} requests in flight, chunks ${CHUNK_BYTES} B, ${os.cpus().length} CPUs (${os.cpus()[0]?.model})`);
     console.log('baseline: ranged GETs on the main thread that drop every byte; worker: LoadStage FETCH phase (fetch threads receive and hash 4 MiB chunks, the main thread writes into the host cache)');
     console.log(`${'run'.padEnd(26)}${'GB/s'.padStart(8)}${'main busy'.padStart(11)}${'busy ms/GB'.padStart(12)}${'faults/GB'.padStart(11)}`);
     for (const [label, m] of rows) {
       const faultsPerGb = (m.faults / (m.bytes / 1e9)).toFixed(0);
-      console.log(`${label.padEnd(26)}${(m.bytes / m.seconds / 1e9).toFixed(2).padStart(8)}${`${(m.busy * 100).toFixed(0)} %`.padStart(11)}${msPerGb(m).toFixed(0).padStart(12)}${faultsPerGb.padStart(11)}`);
+      console.log(`${label.padEnd(26)}${gbPerS(m).toFixed(2).padStart(8)}${`${(m.busy * 100).toFixed(0)} %`.padStart(11)}${msPerGb(m).toFixed(0).padStart(12)}${faultsPerGb.padStart(11)}`);
     }
-    const base = meanMsPerGb(steady('baseline'));
-    const ours = meanMsPerGb(steady('worker'));
-    const meanGbPerS = (ms: Measure[]): number => ms.reduce((sum, m) => sum + m.bytes / m.seconds / 1e9, 0) / ms.length;
-    const baseRate = meanGbPerS(steady('baseline'));
-    const ourRate = meanGbPerS(steady('worker'));
+    const base = mean(steady('baseline'), msPerGb);
+    const ours = mean(steady('worker'), msPerGb);
+    const baseRate = mean(steady('baseline'), gbPerS);
+    const ourRate = mean(steady('worker'), gbPerS);
     console.log(`main-thread busy ms per GB, steady loads: worker ${ours.toFixed(0)} vs baseline ${base.toFixed(0)} → ×${(ours / base).toFixed(2)}`);
     console.log(`GB/s, steady loads: worker ${ourRate.toFixed(2)} vs baseline ${baseRate.toFixed(2)} → ×${(ourRate / baseRate).toFixed(2)}`);
   } finally {

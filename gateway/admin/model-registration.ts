@@ -10,6 +10,7 @@ import { ModelFormatError } from '../../worker/models/errors.js';
 import { chunkCount, hashModelFiles, inspectModel, type ModelInspection } from '../../worker/models/inspect.js';
 import { openModelSource, type ModelSourceReader } from '../../worker/models/source.js';
 import { ModelTokenizer } from '../../worker/models/tokenizer.js';
+import type { TensorInfo } from '../../worker/models/safetensors.js';
 import { badRequest } from '../errors.js';
 import type { ModelFileRecord, NewModel } from '../registry/registry.js';
 
@@ -101,7 +102,13 @@ function parameterCount(inspection: ModelInspection): number {
   return n;
 }
 
-export async function prepareRegistration(req: RegistrationRequest): Promise<NewModel> {
+/** A registration ready to store, and the checkpoint's tensors its inspection read (the scheduler plans cold starts from them). */
+export interface PreparedRegistration {
+  model: NewModel;
+  tensors: Map<string, TensorInfo>;
+}
+
+export async function prepareRegistration(req: RegistrationRequest): Promise<PreparedRegistration> {
   let source: ModelSourceReader;
   let inspection: ModelInspection;
   try {
@@ -127,7 +134,7 @@ export async function prepareRegistration(req: RegistrationRequest): Promise<New
     }
   }
   const { config } = inspection;
-  return {
+  const model: NewModel = {
     name: req.name,
     source: req.source,
     files,
@@ -144,4 +151,5 @@ export async function prepareRegistration(req: RegistrationRequest): Promise<New
     gpuKeepAliveMs: req.gpuKeepAliveMs,
     hostKeepAliveMs: req.hostKeepAliveMs,
   };
+  return { model, tensors: inspection.tensors };
 }

@@ -17,7 +17,7 @@ export async function adminModelRoutes(app: FastifyInstance): Promise<void> {
   app.post<{ Body: RegisterModelBody }>('/admin/models', { schema: { body: RegisterModelBody }, bodyLimit: REGISTRATION_BODY_LIMIT }, async (request, reply) => {
     const { name, source } = request.body;
     if (app.registry.getModel(name)) throw conflict(`model '${name}' is already registered`, 'name');
-    const model = await prepareRegistration({
+    const { model, tensors } = await prepareRegistration({
       name,
       source,
       files:
@@ -31,7 +31,7 @@ export async function adminModelRoutes(app: FastifyInstance): Promise<void> {
       request.log.info({ model: name, source, bytes: record.bytes }, 'model registered');
       // Its tokenizer and cold-start plan are built now, not by its first request.
       const serving = app.catalog.get(name);
-      if (serving !== null) app.scheduler.prepareModel(serving);
+      if (serving !== null) app.scheduler.prepareModel(serving, tensors);
       return reply.status(201).send({ model: record });
     } catch (e) {
       if (e instanceof RegistryConflictError) throw conflict(e.message, 'name');

@@ -56,7 +56,7 @@ import {
 } from '../errors.js';
 import type { ModelFileRecord } from '../registry/registry.js';
 import { parseModelConfig } from '../../worker/models/config.js';
-import { readCheckpointTensors } from '../../worker/models/safetensors.js';
+import { readCheckpointTensors, type TensorInfo } from '../../worker/models/safetensors.js';
 import { openModelSource } from '../../worker/models/source.js';
 import { planStages, stageByteProfile, stageBytes, type StageByteProfile } from '../../worker/models/stage-plan.js';
 import { untilAborted } from '../../worker/daemon/until-aborted.js';
@@ -172,6 +172,9 @@ export interface LoopOptions {
   swapping: boolean;
 }
 
+/** A checkpoint's tensors by name, as its safetensors headers describe them. */
+type CheckpointTensors = Map<string, TensorInfo>;
+
 /** A load the gateway started: one stage, or every stage of a pipeline (same instance id). */
 interface LoadEntry {
   loads: InFlightLoad[];
@@ -199,18 +202,23 @@ export const MAX_COLD_START_DEGREE = 8;
 /** Requests whose traces GET /admin/traces/:id still answers. */
 export const TRACE_CAPACITY = 1000;
 
+/** The checkpoint's tensors: `known` (registration just read them), else from the source's headers. */
+function checkpointOf(model: LoadableModel, known: CheckpointTensors | null): Promise<CheckpointTensors> {
+  return known !== null ? Promise.resolve(known) : readCheckpointTensors(openModelSource(model.source));
+}
+
 /** k stages balanced by bytes from the checkpoint's headers; null when k (capped) is 1. */
-async function planPipeline(model: LoadableModel, k: number): Promise<PlannedStage[] | null> {
+async function planPipeline(model: LoadableModel, k: number, known: CheckpointTensors | null): Promise<PlannedStage[] | null> {
   const config = parseModelConfig(JSON.parse(model.configJson) as unknown);
   const degree = Math.min(k, config.numLayers);
   if (degree <= 1) return null;
-  const tensors = await readCheckpointTensors(openModelSource(model.source));
+  const tensors = await checkpointOf(model, known);
   return planStages(tensors, config, degree).map((range) => ({ range, bytes: stageBytes(tensors, config, range) }));
 }
 
-async function profileOf(model: LoadableModel): Promise<StageByteProfile> {
+async function profileOf(model: LoadableModel, known: CheckpointTensors | null): Promise<StageByteProfile> {
   const config = parseModelConfig(JSON.parse(model.configJson) as unknown);
-  return stageByteProfile(await readCheckpointTensors(openModelSource(model.source)), config);
+  return stageByteProfile(await checkpointOf(model, known), config);
 }
 
 /** A swap-in or move that failed: `error` is what a request gets once it has failed too often. */
@@ -1074,13 +1082,13 @@ export class SchedulerLoop {
   }
 
   /** The stage plan for a pipelined cold start of the model, or null (whole model). */
-  private pipelinePlan(model: LoadableModel): Promise<PlannedStage[] | null> {
+  private pipelinePlan(model: LoadableModel, known: CheckpointTensors | null = null): Promise<PlannedStage[] | null> {
     const k = this.opts.forcedPipelineDegree ?? 1;
     if (k <= 1) return Promise.resolve(null);
     const key = `${model.name}\n${model.source}`;
     let plan = this.plans.get(key);
     if (!plan) {
-      plan = planPipeline(model, k).catch((e: unknown) => {
+      plan = planPipeline(model, k, known).catch((e: unknown) => {
         this.plans.delete(key);
         throw serviceUnavailable(`cannot plan ${k} pipeline stages for model '${model.name}': ${describe(e)}`);
       });
@@ -1095,12 +1103,12 @@ export class SchedulerLoop {
    * then keeps the configured shape). Headers that cannot be read leave the request to the
    * whole-model path, so a warm instance still serves while storage is unreachable.
    */
-  private async coldStartRequest(model: LoadableModel): Promise<ColdStartRequest | null> {
+  private async coldStartRequest(model: LoadableModel, known: CheckpointTensors | null = null): Promise<ColdStartRequest | null> {
     if (model.ttftSloMs === null || this.opts.forcedPipelineDegree !== null) return null;
     const key = `${model.name}\n${model.source}`;
     let profile = this.profiles.get(key);
     if (!profile) {
-      profile = profileOf(model);
+      profile = profileOf(model, known);
       this.profiles.set(key, profile);
     }
     try {
@@ -1113,14 +1121,14 @@ export class SchedulerLoop {
   }
 
   /**
-   * Reads what a cold start of a newly registered model needs from its checkpoint's headers
-   * (the stage plan, or the byte profile the cold-start policy sizes k by) ahead of its first
-   * request, which would otherwise wait for the store (≈ 0.1 s of a pipelined cold start's
-   * time to first token). A failure is left for that request to meet again.
+   * Derives what a cold start of a newly registered model needs from its checkpoint's tensors,
+   * which registration has just read (the stage plan, or the byte profile the cold-start policy
+   * sizes k by), ahead of its first request, which would otherwise read the headers from the
+   * store again (≈ 0.1 s of a pipelined cold start's time to first token).
    */
-  prepareModel(model: LoadableModel): void {
-    this.pipelinePlan(model).catch(() => undefined);
-    void this.coldStartRequest(model);
+  prepareModel(model: LoadableModel, tensors: CheckpointTensors): void {
+    this.pipelinePlan(model, tensors).catch(() => undefined);
+    void this.coldStartRequest(model, tensors);
   }
 
   /** Best effort: asks every worker holding the model to drop it; loads under way are cancelled. */

@@ -8,18 +8,24 @@
 // Skipped where the native addon is not built.
 import type { AddressInfo } from 'node:net';
 import OpenAI from 'openai';
-import t from 'tap';
+import type { FastifyInstance } from 'fastify';
+import t, { type Test } from 'tap';
 import { MODEL, registerTiny, testApp } from './fixtures/helpers.js';
 import { loadNativeAddon } from '../../worker/native/addon.js';
 import { LoopbackLinks } from '../worker/fixtures/loopback-links.js';
 import { addonError, realWorker, until } from './fixtures/real-workers.js';
 
-t.test('pipelined cold start through the scheduler loop', { skip: addonError ?? false }, async (t) => {
+/** A listening gateway forced to 2-stage cold starts (no consolidation) with the tiny model, and an openai client of it. */
+async function pipelineGateway(t: Test): Promise<{ app: FastifyInstance; url: string; openai: OpenAI }> {
   const app = await testApp(t, { requestTimeoutMs: 60_000, forcedPipelineDegree: 2, consolidate: false });
   await registerTiny(app);
   await app.listen({ host: '127.0.0.1', port: 0 });
   const url = `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`;
-  const openai = new OpenAI({ baseURL: `${url}/v1`, apiKey: 'unused', maxRetries: 0 });
+  return { app, url, openai: new OpenAI({ baseURL: `${url}/v1`, apiKey: 'unused', maxRetries: 0 }) };
+}
+
+t.test('pipelined cold start through the scheduler loop', { skip: addonError ?? false }, async (t) => {
+  const { app, url, openai } = await pipelineGateway(t);
   const ask = (): Promise<OpenAI.ChatCompletion> =>
     openai.chat.completions.create({ model: MODEL, messages: [{ role: 'user', content: 'hello' }], max_tokens: 8, temperature: 0 });
   const holders = (): string[] => app.cluster.views().filter((w) => w.instances.some((i) => i.model === MODEL)).map((w) => w.id);
@@ -61,11 +67,7 @@ t.test('pipelined cold start through the scheduler loop', { skip: addonError ?? 
 });
 
 t.test('a pipelined cold start on workers with device links sends its activations over them', { skip: addonError ?? false }, async (t) => {
-  const app = await testApp(t, { requestTimeoutMs: 60_000, forcedPipelineDegree: 2, consolidate: false });
-  await registerTiny(app);
-  await app.listen({ host: '127.0.0.1', port: 0 });
-  const url = `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`;
-  const openai = new OpenAI({ baseURL: `${url}/v1`, apiKey: 'unused', maxRetries: 0 });
+  const { app, url, openai } = await pipelineGateway(t);
   const links = new LoopbackLinks(loadNativeAddon());
   for (const id of ['a-linked', 'b-linked']) {
     const w = await realWorker(app, url, id, {}, links.addon());

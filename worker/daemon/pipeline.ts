@@ -261,8 +261,8 @@ function servingStage(state: WorkerState, instanceId: string): InstanceRecord {
 }
 
 function nextPeer(deps: PipelineDeps, record: InstanceRecord): string {
-  const address = deps.peers.get(record.id)?.[record.stage.stageIndex + 1] ?? '';
-  if (address === '') {
+  const address = nextStageAddress(record.stage, deps.peers.get(record.id) ?? []);
+  if (address === null) {
     throw new WorkerError(status.FAILED_PRECONDITION, `instance ${record.id} (stage ${record.stage.stageIndex}) has no next stage to send to`);
   }
   return address;
