@@ -14,7 +14,9 @@
 // group dissolves: members swap their stages out and keep the host copies, which later loads of
 // the model on those workers copy instead of fetching (see dissolve()). Requests on the consolidated
 // instance are traced warm with a `consolidated` marker; the time from the pipeline's READY to
-// the whole model's goes to the log and paraserve_consolidation_seconds.
+// the whole model's goes to the log and paraserve_consolidation_seconds. The whole-model load
+// starts once every request that waited on the pipeline has its first token (or ended), so it
+// does not compete with their prefill (LoadEntry.prefilling).
 // GPU sharing (issue 5; ARCHITECTURE.md "GPU sharing"): every request is admitted to its model's
 // bounded queue (swap-policy.ts admit; full → 429 with Retry-After) and leaves it when it is
 // placed. A whole-model request is routed by swap-policy.ts routeRequest over the view
@@ -186,6 +188,14 @@ interface LoadEntry {
   /** Why it has its shape, and each stage's phases as its worker reports them (shared by the traces of every request waiting on it). */
   coldStart: ColdStartExplanation;
   stages: StageLoadTrace[];
+  /**
+   * Requests that waited on this pipeline's load and have neither had their first token nor
+   * ended. Its consolidation starts once none is left: the whole-model load's fetch, host
+   * allocation and runtime init run on stage 0's worker, which those requests' prefill needs.
+   */
+  prefilling: Set<string>;
+  /** The consolidation waiting for `prefilling` to empty; null when none waits. */
+  afterPrefill: (() => void) | null;
 }
 
 /** Calls a load off: its calls are cancelled, and those not started yet never start. */
@@ -327,6 +337,8 @@ export class SchedulerLoop {
   /** Consolidated pipelines by instance id, unloaded once no request of the gateway runs on them. */
   /** Consolidated pipelines waiting for their last request to end, with the worker now holding the whole model. */
   private readonly dissolving = new Map<string, { pipeline: ConsolidationRequest; consolidatedOn: string }>();
+  /** The pipeline loads each request waited on that hold their consolidation until its first token. */
+  private readonly prefillHolds = new Map<string, Set<LoadEntry>>();
   /** Kept stage copies being dropped (keep-alive), as `worker/instance`. */
   private readonly droppingStages = new Set<string>();
   /** LoadStage calls cancelled because their worker went DOWN. */
@@ -942,6 +954,7 @@ export class SchedulerLoop {
     deadline: { atMs: number; error: () => ApiError } | null,
   ): Promise<void> {
     const load: LoadTrace = { instanceId, joined, coldStart: entry.coldStart, stages: entry.stages };
+    if (entry.loads.length > 1) this.holdForPrefill(entry, trace.requestId);
     const started = Date.now();
     let timer: NodeJS.Timeout | null = null;
     const expiry =
@@ -983,6 +996,7 @@ export class SchedulerLoop {
       throw e;
     } finally {
       if (queued !== null) this.dequeue(model.name, queued.id);
+      this.prefillDone(params.requestId);
       params.trace.end(Date.now(), failure);
       this.observer.requestTraced(params.trace.snapshot());
       this.inflight -= 1;
@@ -1043,6 +1057,7 @@ export class SchedulerLoop {
             if (received === 0) {
               this.observer.firstToken(model.name, (Date.now() - params.arrivalMs) / 1000);
               params.trace.firstToken(Date.now());
+              this.prefillDone(params.requestId);
             }
             received += 1;
             this.observer.tokenGenerated(model.name);
@@ -1221,6 +1236,8 @@ export class SchedulerLoop {
       done: this.loadSettled(call, `model '${model.name}' on worker ${action.workerId}`, action.workerId, stage),
       coldStart: action.coldStart,
       stages: [stage],
+      prefilling: new Set(),
+      afterPrefill: null,
     });
   }
 
@@ -1276,7 +1293,7 @@ export class SchedulerLoop {
     }));
     const stages: StageLoadTrace[] = action.stages.map((s, stageIndex) => ({ workerId: s.workerId, stageIndex, spans: [], readyMs: null, linkToNext: null }));
     const calls: ClientReadableStream<LoadProgress__Output>[] = [];
-    const entry: LoadEntry = { loads, calls, done: Promise.resolve(), cancelled: false, coldStart: action.coldStart, stages };
+    const entry: LoadEntry = { loads, calls, done: Promise.resolve(), cancelled: false, coldStart: action.coldStart, stages, prefilling: new Set(), afterPrefill: null };
     const start = (linkIds: readonly (Buffer | null)[]): Promise<void> => {
       if (entry.cancelled || this.closed) {
         throw new LoadFailedError(serviceUnavailable(`loading model '${model.name}' was called off before it started`), action.stages[0]!.workerId, false);
@@ -1417,7 +1434,7 @@ export class SchedulerLoop {
         this.observer.loadFinished(model.name, 'ok', (Date.now() - first.startedMs) / 1000);
         this.log.info({ instanceId: first.instanceId, ms: Date.now() - first.startedMs }, 'model loaded');
         this.prune();
-        if (entry.loads.length > 1 && this.opts.consolidate && !this.closed) this.consolidate(model, entry);
+        if (entry.loads.length > 1 && this.opts.consolidate) this.afterPrefill(entry, () => this.consolidate(model, entry));
       },
       (e: unknown) => {
         this.loads.delete(first.instanceId);
@@ -1428,12 +1445,40 @@ export class SchedulerLoop {
     return entry;
   }
 
+  /** Runs `start` once no request that waited on the load is before its first token. */
+  private afterPrefill(entry: LoadEntry, start: () => void): void {
+    if (entry.prefilling.size === 0) start();
+    else entry.afterPrefill = start;
+  }
+
+  private holdForPrefill(entry: LoadEntry, requestId: string): void {
+    entry.prefilling.add(requestId);
+    const held = this.prefillHolds.get(requestId) ?? new Set<LoadEntry>();
+    held.add(entry);
+    this.prefillHolds.set(requestId, held);
+  }
+
+  /** The request has its first token or ended: what waited for its prefill may start. */
+  private prefillDone(requestId: string): void {
+    const held = this.prefillHolds.get(requestId);
+    if (held === undefined) return;
+    this.prefillHolds.delete(requestId);
+    for (const entry of held) {
+      entry.prefilling.delete(requestId);
+      const start = entry.afterPrefill;
+      if (entry.prefilling.size > 0 || start === null) continue;
+      entry.afterPrefill = null;
+      start();
+    }
+  }
+
   /**
    * Starts loading a READY pipeline's model whole in the background where
    * chooseConsolidationTarget says; when that load is READY the pipeline is retired and
    * dissolved. A consolidation that cannot start or fails leaves the pipeline serving.
    */
   private consolidate(model: LoadableModel, pipelineEntry: LoadEntry): void {
+    if (this.closed) return;
     const pipeline: ConsolidationRequest = {
       model: model.name,
       instanceId: pipelineEntry.loads[0]!.instanceId,

@@ -92,7 +92,8 @@ t.test('a re-placed load is waited on no longer than the request deadline', asyn
 });
 
 t.test('a pipeline stage whose worker dies: the loaded stage is unloaded, the pipeline re-placed', async (t) => {
-  const c = await startCluster(t, { id: 'w1', freeBytes: 4e9 }, { requestTimeoutMs: 10_000, forcedPipelineDegree: 2 });
+  // Without consolidation, whose whole-model load on w1 would follow the served request.
+  const c = await startCluster(t, { id: 'w1', freeBytes: 4e9 }, { requestTimeoutMs: 10_000, forcedPipelineDegree: 2, consolidate: false });
   const w2 = await addFakeWorker(t, c, { id: 'w2', freeBytes: 3e9, loadGate: held });
   crashOnLoad(w2);
   const w3 = await addFakeWorker(t, c, { id: 'w3', freeBytes: 1e9 });
