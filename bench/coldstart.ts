@@ -90,15 +90,40 @@ interface WorkerView {
 
 interface TraceReply {
   path: { kind: string; degree: number; instanceId: string; workers?: string[]; consolidated?: boolean } | null;
-  loads: { instanceId: string; stages: { linkToNext: boolean | null }[] }[];
+  loads: {
+    instanceId: string;
+    stages: { workerId: string; linkToNext: boolean | null; readyMs: number | null; spans: { phase: string; startMs: number; endMs: number }[] }[];
+  }[];
   timings: {
+    queueMs: number | null;
     loadMs: number | null;
     fetchMs: number | null;
     copyMs: number | null;
     initMs: number | null;
     firstTokenMs: number | null;
     prefillMs: number | null;
+    workerQueueMs: number | null;
   };
+}
+
+/**
+ * Where a cold request's time went, for the per-repeat log: the gateway's queue and load wait,
+ * each stage's phases (ms since its worker received the load) and READY, then the first token
+ * as the gateway and the client saw it.
+ */
+function timeline(trace: TraceReply, clientTtftMs: number): string {
+  const load = trace.loads.find((l) => l.instanceId === trace.path?.instanceId);
+  const stages = (load?.stages ?? []).map((s, i) => {
+    const spans = s.spans.map((p) => `${p.phase.toLowerCase()} ${p.startMs.toFixed(0)}–${p.endMs.toFixed(0)}`).join(', ');
+    return `stage ${i} (${s.workerId}): ${spans}, ready ${s.readyMs?.toFixed(0) ?? '-'}`;
+  });
+  const t = trace.timings;
+  const fmt = (v: number | null): string => (v === null ? '-' : v.toFixed(1));
+  return [
+    `queue ${fmt(t.queueMs)}, load ${fmt(t.loadMs)}`,
+    ...stages,
+    `first token at the gateway ${fmt(t.firstTokenMs)} (worker queue ${fmt(t.workerQueueMs)}, prefill ${fmt(t.prefillMs)}), at the client ${clientTtftMs.toFixed(1)}`,
+  ].join('\n    ');
 }
 
 interface TimedCompletion extends Completion {
@@ -279,7 +304,7 @@ async function main(): Promise<void> {
         // As it happens, so that a later configuration's failure does not lose this one.
         console.error(
           `${c.label} #${i + 1}: cold TTFT ${ttftOf(run).toFixed(0)} ms (download ${run.downloadMs.toFixed(0)} ms; S = ${modelBytes} B), warm TTFT ${run.warmTtftMs.toFixed(1)} ms, warm ${run.warmPerTokenMs.toFixed(2)} ms/token, ` +
-            `consolidated after ${run.consolidatedAfterMs?.toFixed(0) ?? '-'} ms, timings ${JSON.stringify(run.trace.timings)}`,
+            `consolidated after ${run.consolidatedAfterMs?.toFixed(0) ?? '-'} ms\n    ${timeline(run.trace, run.cold.ttftMs)}`,
         );
       }
       runs.push(median(repeats));
