@@ -5,6 +5,9 @@
 // with a TTFT SLO, chosen by decide() from the model's byte profile (read once per model from
 // its checkpoint headers). A pipeline's stages load in parallel with every stage's address as
 // peers, and Generate runs on stage 0, which drives the others (worker/daemon/pipeline.ts).
+// Each LoadStage carries its stage's tensor layout once the headers were read (registration
+// reads them), so the worker fetches at once, and the prompt length of the request that
+// started the load, so its runtime init warms the stage up for that shape.
 // Each request's path and phase times go to its RequestTracer (trace.ts).
 // Consolidation (opts.consolidate): once a pipeline answers READY, the model is loaded whole in
 // the background on the worker decide.ts chooseConsolidationTarget picks (stage 0's when it has
@@ -58,9 +61,9 @@ import {
 } from '../errors.js';
 import type { ModelFileRecord } from '../registry/registry.js';
 import { parseModelConfig } from '../../worker/models/config.js';
-import { readCheckpointTensors, type TensorInfo } from '../../worker/models/safetensors.js';
+import { layoutOf, readCheckpointTensors, type TensorInfo, type TensorLayoutEntry } from '../../worker/models/safetensors.js';
 import { openModelSource } from '../../worker/models/source.js';
-import { planStages, stageByteProfile, stageBytes, type StageByteProfile } from '../../worker/models/stage-plan.js';
+import { planStages, planStageTensors, stageByteProfile, stageBytes, type StageByteProfile } from '../../worker/models/stage-plan.js';
 import { untilAborted } from '../../worker/daemon/until-aborted.js';
 import type { WorkerChannel } from '../cluster/worker-channel.js';
 import { COLD_START_DEFAULTS } from './coldstart.js';
@@ -212,23 +215,21 @@ export const MAX_COLD_START_DEGREE = 8;
 /** Requests whose traces GET /admin/traces/:id still answers. */
 export const TRACE_CAPACITY = 1000;
 
-/** The checkpoint's tensors: `known` (registration just read them), else from the source's headers. */
-function checkpointOf(model: LoadableModel, known: CheckpointTensors | null): Promise<CheckpointTensors> {
-  return known !== null ? Promise.resolve(known) : readCheckpointTensors(openModelSource(model.source));
-}
+/** What the loop's per-model caches are keyed by: a model's headers do not change under its name and source. */
+const modelKey = (model: LoadableModel): string => `${model.name}\n${model.source}`;
 
 /** k stages balanced by bytes from the checkpoint's headers; null when k (capped) is 1. */
-async function planPipeline(model: LoadableModel, k: number, known: CheckpointTensors | null): Promise<PlannedStage[] | null> {
+async function planPipeline(model: LoadableModel, k: number, checkpoint: () => Promise<CheckpointTensors>): Promise<PlannedStage[] | null> {
   const config = parseModelConfig(JSON.parse(model.configJson) as unknown);
   const degree = Math.min(k, config.numLayers);
   if (degree <= 1) return null;
-  const tensors = await checkpointOf(model, known);
+  const tensors = await checkpoint();
   return planStages(tensors, config, degree).map((range) => ({ range, bytes: stageBytes(tensors, config, range) }));
 }
 
-async function profileOf(model: LoadableModel, known: CheckpointTensors | null): Promise<StageByteProfile> {
+async function profileOf(model: LoadableModel, checkpoint: Promise<CheckpointTensors>): Promise<StageByteProfile> {
   const config = parseModelConfig(JSON.parse(model.configJson) as unknown);
-  return stageByteProfile(await checkpointOf(model, known), config);
+  return stageByteProfile(await checkpoint, config);
 }
 
 /** A swap-in or move that failed: `error` is what a request gets once it has failed too often. */
@@ -343,6 +344,10 @@ export class SchedulerLoop {
   private readonly droppingStages = new Set<string>();
   /** LoadStage calls cancelled because their worker went DOWN. */
   private readonly abandoned = new WeakSet<ClientReadableStream<LoadProgress__Output>>();
+  /** Checkpoint tensors per model and source, read once (or given by registration, which read them). */
+  private readonly checkpoints = new Map<string, Promise<CheckpointTensors>>();
+  /** The same once read: LoadStage carries each stage's part, so workers need not read the headers. */
+  private readonly readCheckpoints = new Map<string, CheckpointTensors>();
   /** Stage plans per model and source (the headers do not change under a registered model). */
   private readonly plans = new Map<string, Promise<PlannedStage[] | null>>();
   /** Byte profiles per model and source, for the cold-start policy. */
@@ -413,6 +418,7 @@ export class SchedulerLoop {
     signal: AbortSignal,
     trace: RequestTracer,
     deadlineMs: number,
+    promptTokens: number,
   ): Promise<{ workerId: string; instanceId: string }> {
     const pipeline = await untilAborted(this.pipelinePlan(model), signal, clientClosed);
     const coldStart = pipeline === null ? await untilAborted(this.coldStartRequest(model), signal, clientClosed) : null;
@@ -458,10 +464,10 @@ export class SchedulerLoop {
             break;
           }
           case 'load-then-run':
-            await this.waitOnLoad(this.startLoad(model, action), action.instanceId, false, signal, trace, bound());
+            await this.waitOnLoad(this.startLoad(model, action, [promptTokens]), action.instanceId, false, signal, trace, bound());
             break;
           case 'load-pipeline-then-run':
-            await this.waitOnLoad(this.startPipelineLoad(model, action), action.instanceId, false, signal, trace, bound());
+            await this.waitOnLoad(this.startPipelineLoad(model, action, [promptTokens]), action.instanceId, false, signal, trace, bound());
             break;
           case 'reject':
             trace.decided(`rejected: ${action.reason}`);
@@ -1020,7 +1026,7 @@ export class SchedulerLoop {
 
   private async *attempts(model: LoadableModel, queued: QueuedRequest, params: GenerationParams, signal: AbortSignal): AsyncGenerator<GenerationEvent> {
     for (let attempt = 1; ; attempt++) {
-      const { workerId, instanceId } = await this.place(model, queued, signal, params.trace, params.arrivalMs + this.opts.requestTimeoutMs);
+      const { workerId, instanceId } = await this.place(model, queued, signal, params.trace, params.arrivalMs + this.opts.requestTimeoutMs, params.promptTokenIds.length);
       const placedMs = Date.now();
       const channel = this.cluster.channel(workerId);
       if (!channel) {
@@ -1096,14 +1102,49 @@ export class SchedulerLoop {
     }
   }
 
+  /** The checkpoint's tensors: `known` (registration just read them), else read once from the source's headers. */
+  private checkpoint(model: LoadableModel, known: CheckpointTensors | null = null): Promise<CheckpointTensors> {
+    const key = modelKey(model);
+    if (known !== null) {
+      this.readCheckpoints.set(key, known);
+      const given = Promise.resolve(known);
+      this.checkpoints.set(key, given);
+      return given;
+    }
+    const cached = this.checkpoints.get(key);
+    if (cached !== undefined) return cached;
+    const read = readCheckpointTensors(openModelSource(model.source));
+    this.checkpoints.set(key, read);
+    read.then(
+      (tensors) => {
+        if (this.checkpoints.get(key) === read) this.readCheckpoints.set(key, tensors);
+      },
+      () => {
+        if (this.checkpoints.get(key) === read) this.checkpoints.delete(key);
+      },
+    );
+    return read;
+  }
+
+  /** A stage's tensors for LoadStage once the checkpoint's headers were read; else none (the worker reads them). */
+  private stageLayout(model: LoadableModel, range: StageRange): TensorLayoutEntry[] {
+    const tensors = this.readCheckpoints.get(modelKey(model));
+    if (tensors === undefined) return [];
+    try {
+      return layoutOf(planStageTensors(tensors, parseModelConfig(JSON.parse(model.configJson) as unknown), range));
+    } catch {
+      return []; // the worker reads the headers and says what is wrong
+    }
+  }
+
   /** The stage plan for a pipelined cold start of the model, or null (whole model). */
-  private pipelinePlan(model: LoadableModel, known: CheckpointTensors | null = null): Promise<PlannedStage[] | null> {
+  private pipelinePlan(model: LoadableModel): Promise<PlannedStage[] | null> {
     const k = this.opts.forcedPipelineDegree ?? 1;
     if (k <= 1) return Promise.resolve(null);
-    const key = `${model.name}\n${model.source}`;
+    const key = modelKey(model);
     let plan = this.plans.get(key);
     if (!plan) {
-      plan = planPipeline(model, k, known).catch((e: unknown) => {
+      plan = planPipeline(model, k, () => this.checkpoint(model)).catch((e: unknown) => {
         this.plans.delete(key);
         throw serviceUnavailable(`cannot plan ${k} pipeline stages for model '${model.name}': ${describe(e)}`);
       });
@@ -1118,12 +1159,12 @@ export class SchedulerLoop {
    * then keeps the configured shape). Headers that cannot be read leave the request to the
    * whole-model path, so a warm instance still serves while storage is unreachable.
    */
-  private async coldStartRequest(model: LoadableModel, known: CheckpointTensors | null = null): Promise<ColdStartRequest | null> {
+  private async coldStartRequest(model: LoadableModel): Promise<ColdStartRequest | null> {
     if (model.ttftSloMs === null || this.opts.forcedPipelineDegree !== null) return null;
-    const key = `${model.name}\n${model.source}`;
+    const key = modelKey(model);
     let profile = this.profiles.get(key);
     if (!profile) {
-      profile = profileOf(model, known);
+      profile = profileOf(model, this.checkpoint(model));
       this.profiles.set(key, profile);
     }
     try {
@@ -1139,11 +1180,13 @@ export class SchedulerLoop {
    * Derives what a cold start of a newly registered model needs from its checkpoint's tensors,
    * which registration has just read (the stage plan, or the byte profile the cold-start policy
    * sizes k by), ahead of its first request, which would otherwise read the headers from the
-   * store again (≈ 0.1 s of a pipelined cold start's time to first token).
+   * store again (≈ 0.1 s of a pipelined cold start's time to first token). The tensors are kept:
+   * each LoadStage carries its stage's layout, so the worker fetches without reading headers.
    */
   prepareModel(model: LoadableModel, tensors: CheckpointTensors): void {
-    this.pipelinePlan(model, tensors).catch(() => undefined);
-    void this.coldStartRequest(model, tensors);
+    void this.checkpoint(model, tensors);
+    this.pipelinePlan(model).catch(() => undefined);
+    void this.coldStartRequest(model);
   }
 
   /** Best effort: asks every worker holding the model to drop it; loads under way are cancelled. */
@@ -1152,7 +1195,7 @@ export class SchedulerLoop {
     this.footprints.delete(name);
     this.parameters.delete(name);
     this.serviceMs.delete(name);
-    for (const cache of [this.plans, this.profiles]) {
+    for (const cache of [this.checkpoints, this.readCheckpoints, this.plans, this.profiles]) {
       for (const key of cache.keys()) {
         if (key.startsWith(`${name}\n`)) cache.delete(key);
       }
@@ -1201,7 +1244,8 @@ export class SchedulerLoop {
     }
   }
 
-  private startLoad(model: LoadableModel, action: Extract<SchedulerAction, { kind: 'load-then-run' }>): LoadEntry {
+  /** Starts LoadStage of the whole model; `warmUp`: prompt lengths its runtime init warms up for. */
+  private startLoad(model: LoadableModel, action: Extract<SchedulerAction, { kind: 'load-then-run' }>, warmUp: number[]): LoadEntry {
     const channel = this.cluster.channel(action.workerId);
     if (!channel) throw serviceUnavailable(`worker ${action.workerId} went away before loading could start`);
     const load: InFlightLoad = {
@@ -1225,6 +1269,8 @@ export class SchedulerLoop {
         device: action.device,
         maxContext: model.maxContext,
         peers: [],
+        warmUpTokenCounts: warmUp,
+        tensors: this.stageLayout(model, action.range),
       },
       this.opts.loadTimeoutMs,
     );
@@ -1266,12 +1312,13 @@ export class SchedulerLoop {
   }
 
   /**
-   * Starts LoadStage on every stage of a pipeline at once, each told all stages' addresses and
-   * the ids of its device links, once the sending workers made them (one round trip). The
-   * entry is done when all are READY; if one fails, the others are cancelled and the stages
-   * that did load are unloaded (best effort), so no half pipeline stays behind.
+   * Starts LoadStage on every stage of a pipeline at once, each told all stages' addresses, the
+   * ids of its device links once the sending workers made them (one round trip), its tensor
+   * layout and the prompt lengths to warm up for (`warmUp`). The entry is done when all are
+   * READY; if one fails, the others are cancelled and the stages that did load are unloaded
+   * (best effort), so no half pipeline stays behind.
    */
-  private startPipelineLoad(model: LoadableModel, action: Extract<SchedulerAction, { kind: 'load-pipeline-then-run' }>): LoadEntry {
+  private startPipelineLoad(model: LoadableModel, action: Extract<SchedulerAction, { kind: 'load-pipeline-then-run' }>, warmUp: number[]): LoadEntry {
     const channels: WorkerChannel[] = [];
     for (const stage of action.stages) {
       const channel = this.cluster.channel(stage.workerId);
@@ -1312,6 +1359,8 @@ export class SchedulerLoop {
               peers,
               linkIdFromPrevious: linkIds[index - 1] ?? Buffer.alloc(0),
               linkIdToNext: linkIds[index] ?? Buffer.alloc(0),
+              warmUpTokenCounts: warmUp,
+              tensors: this.stageLayout(model, stage.range),
             },
             this.opts.loadTimeoutMs,
           ),
@@ -1494,7 +1543,7 @@ export class SchedulerLoop {
     const readyMs = Date.now();
     let entry: LoadEntry;
     try {
-      entry = this.startLoad(model, decision.load);
+      entry = this.startLoad(model, decision.load, []);
     } catch (e) {
       this.log.warn({ pipeline: pipeline.instanceId, err: describe(e) }, 'consolidation could not start; the pipeline keeps serving');
       return;

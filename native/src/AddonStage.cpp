@@ -363,13 +363,23 @@ Napi::Value AwaitStageCopies(const Napi::CallbackInfo& info) {
   }
 }
 
-// Never throws: resolves once the stage's kernels ran once on placeholder inputs (Stage::warmUp).
+// Never throws: resolves once the stage's kernels ran once on placeholder inputs (Stage::warmUp),
+// with a prefill of each prompt length in the optional array info[1].
 Napi::Value WarmUpStage(const Napi::CallbackInfo& info) {
   try {
     StageBox& box = liveStage(info[0]);
     if (box.forwardsInFlight > 0) throw InvalidArgumentError("cannot warm up a stage while a forward runs on it");
+    std::vector<int64_t> prefillTokens;
+    if (info.Length() > 1 && !info[1].IsUndefined()) {
+      if (!info[1].IsArray()) throw InvalidArgumentError("prefillTokens must be an array of token counts");
+      const Napi::Array counts = info[1].As<Napi::Array>();
+      for (uint32_t i = 0; i < counts.Length(); ++i) {
+        prefillTokens.push_back(integerValue(counts.Get(i), "prefillTokens[" + std::to_string(i) + "]", 1, kMaxSafeInteger));
+      }
+    }
     std::shared_ptr<Stage> stage = box.stage;
-    return runAsyncVoid(info.Env(), "paraserve.warmUpStage", [stage] { stage->warmUp(); }, info[0]);
+    return runAsyncVoid(
+        info.Env(), "paraserve.warmUpStage", [stage, prefillTokens] { stage->warmUp(prefillTokens); }, info[0]);
   } catch (...) {
     return rejectedPromise(info.Env());
   }

@@ -66,12 +66,13 @@ t.test('a stage warmed up before its weights land gives the same logits, and its
   await makeModel(dir, 'demo');
   const whole = { device: 0, range: wholeModelRange };
   const cold = await loadModelStage(addon, dir, 'cuda', 128, { ...whole, warmUp: false });
-  const warm = await loadModelStage(addon, dir, 'cuda', 128, { ...whole, warmUp: true });
+  const tokens = Int32Array.of(5, 17, 42, 99, 3, 1000, 7);
+  // Also for the prompt's length and one past the context (clamped to it).
+  const warm = await loadModelStage(addon, dir, 'cuda', 128, { ...whole, warmUp: [tokens.length, 300] });
   t.teardown(() => {
     cold.free();
     warm.free();
   });
-  const tokens = Int32Array.of(5, 17, 42, 99, 3, 1000, 7);
   const started = performance.now();
   const warmed = await addon.forward(warm.stage, { sequence: 1, position: 0, tokens, hidden: null });
   t.comment(`first forward after warm-up: ${(performance.now() - started).toFixed(1)} ms`);

@@ -1,13 +1,13 @@
 // safetensors header parsing: every check of the reference implementation, with messages that
 // name file and tensor; sharded checkpoints read with ranged requests only, over file:// and a
-// real HTTP server.
+// real HTTP server; the tensor layout a gateway sends with a load, and its checks.
 import { mkdtemp, readFile, rm, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import t, { type Test } from 'tap';
 import { ModelFormatError } from '../../worker/models/errors.js';
-import { parseSafetensorsHeader, readCheckpointTensors } from '../../worker/models/safetensors.js';
+import { layoutOf, parseSafetensorsHeader, readCheckpointTensors, tensorsFromLayout } from '../../worker/models/safetensors.js';
 import { openModelSource } from '../../worker/models/source.js';
 import { writeSyntheticModel } from '../../worker/models/synthetic.js';
 import { startRangeServer } from './fixtures/range-server.js';
@@ -59,6 +59,18 @@ t.test('parses a well-formed header with absolute offsets', async (t) => {
   t.ok(infos.every((i) => i.file === FILE));
   // Only the prefix and header are needed.
   t.equal(parse(bytes.subarray(0, base), bytes.length).length, 4);
+});
+
+t.test('a layout sent with a load gives back the tensors it was made from, checked against the files', async (t) => {
+  const bytes = safetensorsFile(good.header, good.dataBytes);
+  const infos = parse(bytes);
+  const files = [{ path: FILE, size: bytes.length }];
+  t.same([...tensorsFromLayout(layoutOf(infos), files).values()], infos);
+  t.same(layoutOf(infos)[0], { name: 'a', dtype: 'F16', shape: [2, 3], file: FILE, begin: infos[0]!.begin, end: infos[0]!.end }, 'dtypes by their safetensors names');
+  t.throws(() => tensorsFromLayout(layoutOf(infos), [{ path: FILE, size: bytes.length - 1 }]), {
+    name: 'ModelFormatError',
+    message: `${FILE}: tensor "d" ends at byte ${bytes.length}, past the file's ${bytes.length - 1} bytes`,
+  });
 });
 
 t.test('refuses each corruption with a message naming file and tensor', async (t) => {

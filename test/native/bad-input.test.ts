@@ -123,7 +123,7 @@ t.test('a disposed stage gives DisposedError everywhere; dispose is idempotent',
   addon.freeHostBuffer(buffer);
 });
 
-t.test('warming up a CPU stage is a no-op, refused while a forward runs', async (t) => {
+t.test('warming up a CPU stage is a no-op, refused while a forward runs or with bad prompt lengths', async (t) => {
   const fresh = addon.createStage(spec);
   t.teardown(() => addon.disposeStage(fresh));
   await t.resolves(addon.warmUpStage(fresh));
@@ -134,6 +134,10 @@ t.test('warming up a CPU stage is a no-op, refused while a forward runs', async 
   await t.rejects(addon.warmUpStage(stage), { name: 'InvalidArgumentError', message: /while a forward runs/ });
   await running;
   await t.resolves(addon.warmUpStage(stage));
+  await t.resolves(addon.warmUpStage(stage, [3, 700]), 'prompt lengths past the context are clamped to it');
+  for (const lengths of ['12', [0], [1.5], [-2]]) {
+    await t.rejects(addon.warmUpStage(stage, lengths as number[]), { name: 'InvalidArgumentError', message: /prefillTokens/ }, JSON.stringify(lengths));
+  }
 });
 
 t.test('bindTensor is refused while a forward runs on the stage', async (t) => {

@@ -1,8 +1,8 @@
 // The daemon's orchestration with a fake addon, where the test decides when forwards and
-// fetches complete: Drain waiting for a request to finish, Unload during generation, two
-// LoadStage calls for one instance, a load abandoned by its client, a stalled source, and
-// native failures during a load — each checked to free every buffer and stage the daemon
-// allocated.
+// fetches complete: the warm-up a load asks for, Drain waiting for a request to finish, Unload
+// during generation, two LoadStage calls for one instance, a load abandoned by its client, a
+// stalled source, and native failures during a load — each checked to free every buffer and
+// stage the daemon allocated.
 import * as grpc from '@grpc/grpc-js';
 import { pino } from 'pino';
 import t from 'tap';
@@ -78,6 +78,13 @@ t.test('UnloadStage cancels running requests, then frees the stage and buffer', 
   t.same(addon.released, [1]);
   t.equal(addon.liveBuffers(), 0);
   t.equal(addon.liveStages(), 0);
+});
+
+t.test("runtime init warms the stage up for the waiting requests' prompt lengths", async (t) => {
+  const { addon, client } = await fakeWorker(t);
+  const outcome = await loadStage(client, { ...loadRequest(model, 'a'), warmUpTokenCounts: [5, 300, 5] });
+  t.equal(outcome.code, grpc.status.OK, outcome.details);
+  t.same(addon.warmUps, [[5, 300]], 'each length once');
 });
 
 t.test('a second LoadStage of a loading instance waits for it', async (t) => {

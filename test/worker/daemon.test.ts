@@ -1,7 +1,8 @@
 // The worker daemon end to end on the CPU backend: a real gRPC client against startWorker on
 // 127.0.0.1:0, a synthetic tiny model loaded from file:// and from an HTTP server with Range
-// support, streamed generation, cancellation observed through WatchEvents snapshots, and bad
-// inputs answered with the right status while the worker keeps serving.
+// support (also with the stage's tensor layout given, reading no header), streamed generation,
+// cancellation observed through WatchEvents snapshots, and bad inputs answered with the right
+// status while the worker keeps serving.
 import { copyFile, mkdir, open } from 'node:fs/promises';
 import os from 'node:os';
 import { join } from 'node:path';
@@ -17,6 +18,10 @@ import type { GenerateEvent__Output } from '../../protos/generated/paraserve/v1/
 import type { WorkerEvent__Output } from '../../protos/generated/paraserve/v1/WorkerEvent.js';
 import type { WorkerClient } from '../../protos/generated/paraserve/v1/Worker.js';
 import { startWorker, type RunningWorker, type WorkerOptions } from '../../worker/daemon/main.js';
+import { parseModelConfig } from '../../worker/models/config.js';
+import { layoutOf, readCheckpointTensors } from '../../worker/models/safetensors.js';
+import { openModelSource } from '../../worker/models/source.js';
+import { planStageTensors, wholeModelRange } from '../../worker/models/stage-plan.js';
 import {
   collect,
   firstToken,
@@ -157,6 +162,32 @@ t.test('LoadStage over http:// with Range gives the same model', async (t) => {
   t.same(health.reply, { workerId: 'test-worker', state: 'READY', backend: 'cpu' });
 });
 
+t.test('LoadStage with the tensor layout given reads no header and gives the same model', async (t) => {
+  const served = await serveDirectory(model.dir);
+  t.teardown(() => served.close());
+  const config = parseModelConfig(JSON.parse(model.configJson) as unknown);
+  const tensors = layoutOf(planStageTensors(await readCheckpointTensors(openModelSource(model.uri)), config, wholeModelRange(config)));
+  const outcome = await loadStage(client, { ...loadRequest(model, 'layout-1', served.url), tensors, warmUpTokenCounts: [prompt.length] });
+  t.equal(outcome.code, grpc.status.OK, outcome.details);
+  t.notOk(
+    served.requests.some((r) => r.endsWith('bytes=0-7')),
+    `no request for a header's length prefix (${served.requests.filter((r) => !r.startsWith('GET')).join('; ')})`,
+  );
+  t.ok(served.requests.some((r) => r.startsWith('HEAD /model.safetensors')), 'the file size is still checked against the registration');
+  const viaLayout = tokensOf(await generate(client, { requestId: 'l1', instanceId: 'layout-1', promptTokenIds: prompt, maxTokens: 10 }));
+  const viaFile = tokensOf(await generate(client, { requestId: 'l2', instanceId: 'file-1', promptTokenIds: prompt, maxTokens: 10 }));
+  t.same(viaLayout, viaFile);
+
+  // A file whose size changed since registration still fails the load, though the fetch runs
+  // before the size check answers.
+  const registered = model.files.map((f) => ({ path: f.path, size: f.size + 1, sha256: '' }));
+  const changed = await loadStage(client, { ...loadRequest(model, 'layout-changed', served.url), source: { uri: served.url, files: registered }, tensors });
+  t.equal(changed.code, grpc.status.FAILED_PRECONDITION, changed.details);
+  t.match(changed.details, /model\.safetensors is \d+ bytes at the source but was registered with \d+/);
+  const snapshot = await waitForSnapshot(client, () => true);
+  t.notOk(snapshot.instances.some((i) => i.instanceId === 'layout-changed'), 'nothing of it stays');
+});
+
 t.test('a sharded checkpoint loads too', async (t) => {
   const sharded = await makeModel(join(scratch.path, 'sharded'), 'tiny-qwen2', true);
   const outcome = await loadStage(client, { ...loadRequest(sharded, 'sharded-1'), model: 'tiny-qwen2' });
@@ -278,6 +309,23 @@ t.test('bad requests get precise statuses and the worker keeps serving', async (
   t.equal(badStage.code, grpc.status.INVALID_ARGUMENT);
   t.match(badStage.details, /stage layers \[1, 7\)/);
 
+  const layoutEntry = { name: 'model.norm.weight', dtype: 'F32', shape: [4], file: 'model.safetensors', begin: 8, end: 24 };
+  for (const [tensors, message] of [
+    [[{ ...layoutEntry, file: 'other.safetensors' }], /tensors: tensor "model\.norm\.weight" lies in "other\.safetensors", not a file of the source/],
+    [[{ ...layoutEntry, end: 20 }], /tensors: model\.safetensors: tensor "model\.norm\.weight": data_offsets \[8, 20\] hold 12 bytes but F32 \[4\] needs 16/],
+    [[{ ...layoutEntry, dtype: 'I64' }], /tensors: model\.safetensors: unsupported dtype I64/],
+    [[layoutEntry, layoutEntry], /tensors: model\.safetensors: tensor "model\.norm\.weight" is listed twice/],
+  ] as const) {
+    const badLayout = await loadStage(client, { ...loadRequest(model, 'bad-layout'), tensors: [...tensors] });
+    t.equal(badLayout.code, grpc.status.INVALID_ARGUMENT, badLayout.details);
+    t.match(badLayout.details, message);
+  }
+  for (const counts of [[0], Array.from({ length: 9 }, (_, i) => i + 1)]) {
+    const badWarmUp = await loadStage(client, { ...loadRequest(model, 'bad-warm-up'), warmUpTokenCounts: counts });
+    t.equal(badWarmUp.code, grpc.status.INVALID_ARGUMENT, badWarmUp.details);
+    t.match(badWarmUp.details, /warm_up_token_counts: /);
+  }
+
   const badDevice = await loadStage(client, { ...loadRequest(model, 'bad-device'), device: 3 });
   t.equal(badDevice.code, grpc.status.INVALID_ARGUMENT);
   t.match(badDevice.details, /device 3/);
@@ -292,7 +340,7 @@ t.test('bad requests get precise statuses and the worker keeps serving', async (
   t.equal(other.code, grpc.status.ALREADY_EXISTS);
 
   const snapshot = await waitForSnapshot(client, () => true);
-  t.same(snapshot.instances.map((i) => i.instanceId).sort(), ['file-1', 'http-1', 'long'], 'failed loads left nothing behind');
+  t.same(snapshot.instances.map((i) => i.instanceId).sort(), ['file-1', 'http-1', 'layout-1', 'long'], 'failed loads left nothing behind');
   const ok = await generate(client, { requestId: 'b9', instanceId: 'file-1', promptTokenIds: prompt, maxTokens: 3 });
   t.equal(tokensOf(ok).length, 3, 'still serving');
 });

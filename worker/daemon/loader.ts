@@ -2,13 +2,16 @@
 // host cache copy, kept after the load for later swap-ins; making room for it may evict
 // host-only copies, host-cache.ts) and onto a device, reporting each phase. A stage whose
 // weights cannot fit on the device is refused before its bytes are fetched (memory.ts).
+// Where the stage's tensors lie comes with the request when the gateway has read the
+// checkpoint's headers (then the fetch starts at once and the files' sizes are checked while it
+// runs); otherwise the worker checks the sizes, then reads the headers itself.
 // Fetch runs several ranged requests at once in layer order (fetch-plan.ts lays them out), each
 // received and hashed on a fetch thread (fetch-threads.ts) and copied into the buffer here.
 // With overlap (issue 4, the default), three things run from t=0: the fetch; runtime init
 // (prepareDevice's context creation, then createStage: weights and KV cache space — on the
 // CPU backend, allocation — then a warm-up pass that loads the stage's kernels before its
-// weights land, and a pipeline stage's device links to its neighbours and its connection to
-// the next stage's worker, links.ts);
+// weights land, with a prefill of each waiting request's prompt length, and a pipeline stage's
+// device links to its neighbours and its connection to the next stage's worker, links.ts);
 // and the copy, which binds each tensor from the host buffer as
 // soon as init is done and every range holding its bytes has landed and been verified, in
 // layer order, while later layers are still fetching. Without overlap
@@ -34,7 +37,7 @@ import type { ModelFile__Output } from '../../protos/generated/paraserve/v1/Mode
 import type { StageRange__Output } from '../../protos/generated/paraserve/v1/StageRange.js';
 import type { ModelConfig } from '../models/model-config.js';
 import { parseModelConfig } from '../models/config.js';
-import { readCheckpointTensors, type TensorInfo } from '../models/safetensors.js';
+import { readCheckpointTensors, tensorsFromLayout, type TensorInfo } from '../models/safetensors.js';
 import { openModelSource, type ModelSourceReader } from '../models/source.js';
 import { throttledSource, type FetchLimiter } from '../models/throttle.js';
 import { planStageTensors, stageSpecFor, type StageRangeSpec } from '../models/stage-plan.js';
@@ -172,6 +175,16 @@ export function maxRangeBytesFor(tensorBytes: number): number {
   return Math.min(defaultFetchPlanOptions.maxRangeBytes, Math.max(MIN_RANGE_BYTES, Math.ceil(tensorBytes / RANGES_PER_STAGE)));
 }
 
+/** Most prompt lengths a load warms its stage up for (LoadStageRequest.warm_up_token_counts). */
+export const MAX_WARM_UP_PROMPTS = 8;
+
+/** Pure: the prompt lengths to warm a stage up for, or what is wrong with them. */
+export function warmUpPrompts(counts: readonly number[]): number[] | string {
+  if (counts.length > MAX_WARM_UP_PROMPTS) return `at most ${MAX_WARM_UP_PROMPTS} prompt lengths, got ${counts.length}`;
+  if (counts.some((c) => c < 1)) return 'prompt lengths must be at least 1 token';
+  return [...new Set(counts)];
+}
+
 function invalid(message: string): WorkerError {
   return new WorkerError(status.INVALID_ARGUMENT, message);
 }
@@ -225,6 +238,16 @@ export async function loadStage(
   const stageSpec = stageSpecFor(config, resolved.spec, deps.backend, device, resolved.maxContext);
   const chunks = registeredChunks(request.source.files);
   if (typeof chunks === 'string') throw invalid(`source.files: ${chunks}`);
+  const warmUp = warmUpPrompts(request.warmUpTokenCounts);
+  if (typeof warmUp === 'string') throw invalid(`warm_up_token_counts: ${warmUp}`);
+  let given: Map<string, TensorInfo> | null = null;
+  if (request.tensors.length > 0) {
+    try {
+      given = tensorsFromLayout(request.tensors, request.source.files);
+    } catch (e) {
+      throw invalid(`tensors: ${e instanceof Error ? e.message : String(e)}`);
+    }
+  }
 
   let settle: (failure: StatusReport | null) => void = () => undefined;
   const record: InstanceRecord = {
@@ -295,7 +318,7 @@ export async function loadStage(
     const linksOpened = openStageLinks(deps.addon, deps.backend, device, request, record, log, loadSignal);
     await reserved;
     record.nativeStage = deps.addon.createStage(stageSpec);
-    await deps.addon.warmUpStage(record.nativeStage);
+    await deps.addon.warmUpStage(record.nativeStage, warmUp);
     await untilAborted(linksOpened, loadSignal);
     phase('INIT', true);
     report('INIT', 1, 1);
@@ -309,10 +332,18 @@ export async function loadStage(
     const remote: RemoteSource = { uri: request.source.uri, timeoutMs: deps.fetchStallTimeoutMs, limiter: deps.state.fetchLimiter };
     prepareFetchThreads(remote.uri, remote.timeoutMs);
     const source = throttledSource(openModelSource(remote.uri, { timeoutMs: remote.timeoutMs }), remote.limiter);
-    await verifySizes(source, request.source.files);
-    loadSignal.throwIfAborted();
-    const tensors = await readCheckpointTensors(source);
-    loadSignal.throwIfAborted();
+    // With the layout given, the files' sizes are checked while the fetch runs (before READY).
+    let sizesChecked = Promise.resolve();
+    let tensors: Map<string, TensorInfo>;
+    if (given === null) {
+      await verifySizes(source, request.source.files);
+      loadSignal.throwIfAborted();
+      tensors = await readCheckpointTensors(source);
+      loadSignal.throwIfAborted();
+    } else {
+      sizesChecked = track(verifySizes(source, request.source.files));
+      tensors = given;
+    }
     const planned = planStageTensors(tensors, config, resolved.spec);
     const tensorBytes = planned.reduce((sum, t) => sum + (t.end - t.begin), 0);
     const planOptions = { ...defaultFetchPlanOptions, maxRangeBytes: maxRangeBytesFor(tensorBytes) };
@@ -373,6 +404,7 @@ export async function loadStage(
       await fetching;
       await copy(await track(initStage()));
     }
+    await sizesChecked;
     loadSignal.throwIfAborted();
 
     attachStage(deps.addon, deps.state, record, record.nativeStage!);

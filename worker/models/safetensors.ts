@@ -173,6 +173,41 @@ export function parseSafetensorsHeader(headerBytes: Uint8Array, fileSize: number
   return entries.map((e) => ({ name: e.name, dtype: e.dtype, shape: e.shape, file, begin: base + e.begin, end: base + e.end }));
 }
 
+/** One tensor of a layout a gateway sends with a load (proto CheckpointTensor): dtype by its safetensors name. */
+export interface TensorLayoutEntry {
+  name: string;
+  dtype: string;
+  shape: number[];
+  file: string;
+  begin: number;
+  end: number;
+}
+
+/** Pure: tensors as a layout entry carries them. */
+export function layoutOf(tensors: readonly TensorInfo[]): TensorLayoutEntry[] {
+  return tensors.map((t) => ({ name: t.name, dtype: SAFETENSORS_DTYPE_NAMES[t.dtype], shape: [...t.shape], file: t.file, begin: t.begin, end: t.end }));
+}
+
+/**
+ * Pure: the tensors of a layout a gateway read from the checkpoint's headers and sent with a
+ * load, checked as a header's own entries are (known dtype, shape against byte count) and
+ * against the source's files: each lies inside one of them, no name twice. ModelFormatError
+ * naming the tensor otherwise.
+ */
+export function tensorsFromLayout(entries: readonly TensorLayoutEntry[], files: readonly { path: string; size: number }[]): Map<string, TensorInfo> {
+  const sizes = new Map(files.map((f) => [f.path, f.size]));
+  const tensors = new Map<string, TensorInfo>();
+  for (const entry of entries) {
+    const size = sizes.get(entry.file);
+    if (size === undefined) throw new ModelFormatError(`tensor "${entry.name}" lies in ${JSON.stringify(entry.file)}, not a file of the source`, null);
+    const raw = parseEntry(entry.name, { dtype: entry.dtype, shape: entry.shape, data_offsets: [entry.begin, entry.end] }, entry.file);
+    if (raw.end > size) fail(entry.file, `tensor "${entry.name}" ends at byte ${raw.end}, past the file's ${size} bytes`);
+    if (tensors.has(entry.name)) fail(entry.file, `tensor "${entry.name}" is listed twice`);
+    tensors.set(entry.name, { ...raw, file: entry.file });
+  }
+  return tensors;
+}
+
 /** Reads one file's header with two ranged reads: the 8-byte prefix, then the JSON. */
 async function readShardHeader(source: ModelSourceReader, file: string): Promise<TensorInfo[]> {
   const size = await source.size(file);

@@ -237,9 +237,11 @@ export interface NativeAddon {
    * Runs the stage's kernels once on placeholder inputs, before its weights are bound (call
    * it right after createStage): on CUDA the one-time costs of a fresh device — loading
    * kernels, cuBLAS's choices, the decode graph — are paid here instead of by the first
-   * request. Resolves at once on the CPU backend. Leaves no sequence behind.
+   * request. cuBLAS chooses per shape, so besides a default prefill it runs one of each
+   * length in `prefillTokens` (the prompts of requests known to wait for the stage).
+   * Resolves at once on the CPU backend. Leaves no sequence behind.
    */
-  warmUpStage(stage: StageHandle): Promise<void>;
+  warmUpStage(stage: StageHandle, prefillTokens?: readonly number[]): Promise<void>;
   disposeStage(stage: StageHandle): void;
 
   /**

@@ -137,9 +137,11 @@ class Stage {
   }
   // Runs the stage's kernels once on placeholder inputs, before its weights are bound, so the
   // device's one-time costs (loading kernels, library heuristics, graph setup) are paid during
-  // runtime init instead of by the first request. Called on a worker thread, with no forward
+  // runtime init instead of by the first request: a default prefill, a prefill of each of
+  // `prefillTokens` (the prompt lengths of requests known to wait for the stage: library
+  // choices are made per shape) and a decode step. Called on a worker thread, with no forward
   // running; leaves no sequence behind. No-op where first use costs nothing extra.
-  virtual void warmUp() {}
+  virtual void warmUp(const std::vector<int64_t>& prefillTokens) { (void)prefillTokens; }
   // Blocks until every queued weight copy has landed (bindTensor may return before, on
   // backends that copy asynchronously). Called on a worker thread.
   virtual void waitForCopies() {}

@@ -808,9 +808,18 @@ std::unique_ptr<Stage> CudaStage::cloneTo(int64_t device) {
   return clone;
 }
 
-void CudaStage::warmUp() {
+void CudaStage::warmUp(const std::vector<int64_t>& prefillTokens) {
   const int64_t prefill = std::min<int64_t>(32, spec_.maxContext - 1);
   if (prefill < 1) return;
+  // A prompt longer than a pass runs as full passes and a remainder: those are its shapes.
+  std::set<int64_t> prefills{prefill};
+  for (const int64_t tokens : prefillTokens) {
+    const int64_t fitting = std::min(tokens, spec_.maxContext - 1);
+    if (fitting >= 1) prefills.insert(fitting % kMaxPassTokens == 0 ? kMaxPassTokens : fitting % kMaxPassTokens);
+    if (fitting > kMaxPassTokens) prefills.insert(kMaxPassTokens);
+  }
+  std::vector<int64_t> counts(prefills.begin(), prefills.end());
+  counts.push_back(1);  // the decode step, at position `prefill`
   const int64_t sequence = std::numeric_limits<int64_t>::min();  // an id no caller uses
   std::lock_guard<std::mutex> lock(mutex_);
   useDevice(device_);
@@ -819,10 +828,17 @@ void CudaStage::warmUp() {
   links.sends.resize(1);
   std::vector<std::vector<float>> outputs(1);
   try {
-    for (const int64_t count : {prefill, int64_t{1}}) {
+    for (size_t i = 0; i < counts.size(); ++i) {
+      const int64_t count = counts[i];
+      const bool decode = i + 1 == counts.size();
+      if (!decode && i > 0) {
+        // Each prefill starts a fresh sequence.
+        check(cudaStreamSynchronize(compute_), "warm-up");
+        freeSequence(sequence);
+      }
       ForwardRequest request;
       request.sequence = sequence;
-      request.position = count == 1 ? prefill : 0;
+      request.position = decode ? prefill : 0;
       if (spec_.hasEmbeddings) {
         request.tokens.assign(static_cast<size_t>(count), 0);
       } else {
