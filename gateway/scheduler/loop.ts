@@ -1507,7 +1507,11 @@ export class SchedulerLoop {
     this.prefillHolds.set(requestId, held);
   }
 
-  /** The request has its first token or ended: what waited for its prefill may start. */
+  /**
+   * The request has its first token or ended: what waited for its prefill may start, once the
+   * token is on its way to the client (a consolidation's start — planning, the LoadStage of the
+   * whole model with its layout — took 8–10 ms of the gateway's loop on 4 × H200).
+   */
   private prefillDone(requestId: string): void {
     const held = this.prefillHolds.get(requestId);
     if (held === undefined) return;
@@ -1517,7 +1521,7 @@ export class SchedulerLoop {
       const start = entry.afterPrefill;
       if (entry.prefilling.size > 0 || start === null) continue;
       entry.afterPrefill = null;
-      start();
+      setImmediate(start);
     }
   }
 
