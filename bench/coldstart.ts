@@ -14,7 +14,9 @@
 // the next configuration starts.
 // Warm figures (TTFT and time per output token) are the median of five requests on the warm
 // instance — after consolidation for k > 1 — so a first request's one-off costs (cuBLAS
-// heuristics, graph capture) do not count against either side.
+// heuristics, graph capture) do not count against either side. Each cold start's line on stderr
+// gives its timeline from the trace (the gateway's queue, every stage's phases and READY, the
+// first token at the gateway and at the client), to see where the time beyond the fetch went.
 //   npm run build && node dist/bench/coldstart.js [--preset demo] [--fetch-bandwidth 4MB] [--degrees 1,2,4] [--repeats 3] [--gpus N] [--worker-host-cache 16GiB] [--store-processes 1]
 import { closeSync, openSync, writeSync } from 'node:fs';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
