@@ -108,6 +108,9 @@ interface TraceReply {
   };
 }
 
+/** A table cell: `v` with `digits` decimals, '-' when unknown. */
+const fmt = (v: number | null, digits = 0): string => (v === null ? '-' : v.toFixed(digits));
+
 /**
  * Where a cold request's time went, for the per-repeat log: the gateway's queue and load wait,
  * each stage's phases (ms since its worker received the load) and READY, then the first token
@@ -120,11 +123,10 @@ function timeline(trace: TraceReply, clientTtftMs: number): string {
     return `stage ${i} (${s.workerId}): ${spans}, ready ${s.readyMs?.toFixed(0) ?? '-'}`;
   });
   const t = trace.timings;
-  const fmt = (v: number | null): string => (v === null ? '-' : v.toFixed(1));
   return [
-    `queue ${fmt(t.queueMs)}, load ${fmt(t.loadMs)}`,
+    `queue ${fmt(t.queueMs, 1)}, load ${fmt(t.loadMs, 1)}`,
     ...stages,
-    `first token at the gateway ${fmt(t.firstTokenMs)} (worker queue ${fmt(t.workerQueueMs)}, prefill ${fmt(t.prefillMs)}), at the client ${clientTtftMs.toFixed(1)}`,
+    `first token at the gateway ${fmt(t.firstTokenMs, 1)} (worker queue ${fmt(t.workerQueueMs, 1)}, prefill ${fmt(t.prefillMs, 1)}), at the client ${fmt(clientTtftMs, 1)}`,
   ].join('\n    ');
 }
 
@@ -325,7 +327,6 @@ async function main(): Promise<void> {
     const stages = r.trace.loads.find((l) => l.instanceId === r.trace.path?.instanceId)?.stages ?? [];
     return `${stages.filter((s) => s.linkToNext === true).length}/${r.k - 1}`;
   };
-  const fmt = (v: number | null, digits = 0): string => (v === null ? '-' : v.toFixed(digits));
   const mb = (bytes: number): string => `${(bytes / 1e6).toFixed(2)} MB`;
   console.log(
     `cold start — preset ${flags.preset}, S = ${mb(modelBytes)}, B = ${mb(BANDWIDTH)}/s per worker, ${MAX_TOKENS} max tokens, median of ${REPEATS} cold starts, ` +

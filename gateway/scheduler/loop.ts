@@ -180,6 +180,12 @@ export interface LoopOptions {
 /** A checkpoint's tensors by name, as its safetensors headers describe them. */
 type CheckpointTensors = Map<string, TensorInfo>;
 
+/** A model's checkpoint tensors being read, and once read (null until then). */
+interface CheckpointEntry {
+  reading: Promise<CheckpointTensors>;
+  read: CheckpointTensors | null;
+}
+
 /** A load the gateway started: one stage, or every stage of a pipeline (same instance id). */
 interface LoadEntry {
   loads: InFlightLoad[];
@@ -344,10 +350,11 @@ export class SchedulerLoop {
   private readonly droppingStages = new Set<string>();
   /** LoadStage calls cancelled because their worker went DOWN. */
   private readonly abandoned = new WeakSet<ClientReadableStream<LoadProgress__Output>>();
-  /** Checkpoint tensors per model and source, read once (or given by registration, which read them). */
-  private readonly checkpoints = new Map<string, Promise<CheckpointTensors>>();
-  /** The same once read: LoadStage carries each stage's part, so workers need not read the headers. */
-  private readonly readCheckpoints = new Map<string, CheckpointTensors>();
+  /**
+   * Checkpoint tensors per model and source, read once (or given by registration, which read
+   * them); once read, LoadStage carries each stage's part, so workers need not read the headers.
+   */
+  private readonly checkpoints = new Map<string, CheckpointEntry>();
   /** Stage plans per model and source (the headers do not change under a registered model). */
   private readonly plans = new Map<string, Promise<PlannedStage[] | null>>();
   /** Byte profiles per model and source, for the cold-start policy. */
@@ -1106,30 +1113,29 @@ export class SchedulerLoop {
   private checkpoint(model: LoadableModel, known: CheckpointTensors | null = null): Promise<CheckpointTensors> {
     const key = modelKey(model);
     if (known !== null) {
-      this.readCheckpoints.set(key, known);
-      const given = Promise.resolve(known);
+      const given = { reading: Promise.resolve(known), read: known };
       this.checkpoints.set(key, given);
-      return given;
+      return given.reading;
     }
     const cached = this.checkpoints.get(key);
-    if (cached !== undefined) return cached;
-    const read = readCheckpointTensors(openModelSource(model.source));
-    this.checkpoints.set(key, read);
-    read.then(
+    if (cached !== undefined) return cached.reading;
+    const entry: CheckpointEntry = { reading: readCheckpointTensors(openModelSource(model.source)), read: null };
+    this.checkpoints.set(key, entry);
+    entry.reading.then(
       (tensors) => {
-        if (this.checkpoints.get(key) === read) this.readCheckpoints.set(key, tensors);
+        entry.read = tensors;
       },
       () => {
-        if (this.checkpoints.get(key) === read) this.checkpoints.delete(key);
+        if (this.checkpoints.get(key) === entry) this.checkpoints.delete(key);
       },
     );
-    return read;
+    return entry.reading;
   }
 
   /** A stage's tensors for LoadStage once the checkpoint's headers were read; else none (the worker reads them). */
   private stageLayout(model: LoadableModel, range: StageRange): TensorLayoutEntry[] {
-    const tensors = this.readCheckpoints.get(modelKey(model));
-    if (tensors === undefined) return [];
+    const tensors = this.checkpoints.get(modelKey(model))?.read ?? null;
+    if (tensors === null) return [];
     try {
       return layoutOf(planStageTensors(tensors, parseModelConfig(JSON.parse(model.configJson) as unknown), range));
     } catch {
@@ -1195,7 +1201,7 @@ export class SchedulerLoop {
     this.footprints.delete(name);
     this.parameters.delete(name);
     this.serviceMs.delete(name);
-    for (const cache of [this.checkpoints, this.readCheckpoints, this.plans, this.profiles]) {
+    for (const cache of [this.checkpoints, this.plans, this.profiles]) {
       for (const key of cache.keys()) {
         if (key.startsWith(`${name}\n`)) cache.delete(key);
       }

@@ -176,10 +176,10 @@ export function maxRangeBytesFor(tensorBytes: number): number {
 }
 
 /** Most prompt lengths a load warms its stage up for (LoadStageRequest.warm_up_token_counts). */
-export const MAX_WARM_UP_PROMPTS = 8;
+const MAX_WARM_UP_PROMPTS = 8;
 
 /** Pure: the prompt lengths to warm a stage up for, or what is wrong with them. */
-export function warmUpPrompts(counts: readonly number[]): number[] | string {
+function warmUpPrompts(counts: readonly number[]): number[] | string {
   if (counts.length > MAX_WARM_UP_PROMPTS) return `at most ${MAX_WARM_UP_PROMPTS} prompt lengths, got ${counts.length}`;
   if (counts.some((c) => c < 1)) return 'prompt lengths must be at least 1 token';
   return [...new Set(counts)];
